@@ -1,0 +1,69 @@
+# mtkit: set-up, tests and experiment recipes. `make demo` and `make test` work on a fresh clone.
+#
+#   make demo DATA=path/to/fra-eng.zip     preprocess → train → translate → evaluate ($(RECIPE))
+#   make test                               the fast test suite (CI runs this)
+#   make d2l DATA=...                       the book's exact run and its four example sentences
+#   make recipe-NAME DATA=...               the pipeline for recipes/NAME.toml
+#
+# DATA empty means: download the book's fra-eng.zip (cached under ~/.cache/mtkit).
+
+PYTHON ?= python3
+VENV ?= $(or $(VIRTUAL_ENV),.venv)
+BIN := $(VENV)/bin
+MTKIT := $(BIN)/mtkit
+DATA ?=
+RECIPE ?= recipes/gru.toml
+WORK ?= work
+SRC ?= en
+TGT ?= fr
+NAME = $(basename $(notdir $(RECIPE)))
+# No CUDA here: take PyTorch's CPU build instead of PyPI's multi-GB CUDA one.
+TORCH_CPU = torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu --retries 1
+
+.PHONY: install test test-slow demo d2l pipeline clean
+
+install: $(VENV)/.mtkit-installed
+
+$(VENV)/.mtkit-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/pip install "torch>=2.2"; \
+	else \
+	  $(BIN)/pip install $(TORCH_CPU); \
+	fi
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+test: install
+	MTKIT_TEST_DATA="$(DATA)" $(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	MTKIT_TEST_DATA="$(DATA)" $(BIN)/python -m pytest -q -m slow
+
+# preprocess → train → translate → evaluate, for $(RECIPE), into $(WORK)/$(NAME)/
+pipeline: install
+	$(MTKIT) preprocess $(DATA) --recipe $(RECIPE) --out $(WORK)/$(NAME)/data --force
+	$(MTKIT) train --recipe $(RECIPE) --data $(WORK)/$(NAME)/data --out $(WORK)/$(NAME)/run --force
+	$(MTKIT) translate --model $(WORK)/$(NAME)/run $(WORK)/$(NAME)/data/test.$(SRC) -o $(WORK)/$(NAME)/test.hyp
+	@echo "sample translations:"; paste $(WORK)/$(NAME)/data/test.$(SRC) $(WORK)/$(NAME)/test.hyp | head -5
+	$(MTKIT) evaluate --hyp $(WORK)/$(NAME)/test.hyp --ref $(WORK)/$(NAME)/data/test.refs.jsonl
+
+demo: pipeline
+
+recipe-%:
+	$(MAKE) pipeline RECIPE=recipes/$*.toml
+
+# The chapter's run: 512 training pairs, num_steps 9, 30 epochs; then its four examples.
+d2l: install
+	$(MTKIT) preprocess $(DATA) --recipe recipes/d2l.toml --out $(WORK)/d2l/data --force
+	$(MTKIT) train --recipe recipes/d2l.toml --data $(WORK)/d2l/data --out $(WORK)/d2l/run --force
+	printf "go .\ni lost .\nhe's calm .\ni'm home .\n" > $(WORK)/d2l/examples.en
+	printf "va !\nj'ai perdu .\nil est calme .\nje suis chez moi .\n" > $(WORK)/d2l/examples.fr
+	$(MTKIT) translate --model $(WORK)/d2l/run --checkpoint last $(WORK)/d2l/examples.en --tokenized -o $(WORK)/d2l/examples.hyp
+	$(MTKIT) evaluate --hyp $(WORK)/d2l/examples.hyp --ref $(WORK)/d2l/examples.fr \
+	  --src $(WORK)/d2l/examples.en --book-bleu --book-bleu-k 2
+
+clean:
+	rm -rf $(WORK) .pytest_cache

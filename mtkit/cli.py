@@ -1,0 +1,376 @@
+"""The ``mtkit`` command line: one short function per command, each calling the library.
+
+Errors a user can fix print as one line (``mtkit: error: ...``) with exit status 2 for usage
+errors and 1 otherwise; ``--debug`` (anywhere on the line, or MTKIT_DEBUG=1) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from mtkit import __version__
+from mtkit.config import Recipe, load_recipe, parse_extra_overrides, set_option
+from mtkit.errors import Interrupted, MtkitError, UsageError
+
+app = typer.Typer(
+    name="mtkit",
+    help="Neural machine translation with the recurrent models of Dive into Deep Learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stdout = Console(soft_wrap=True, highlight=False)
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+RecipeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--recipe", help="TOML recipe with \\[data], \\[model] and \\[train] settings; flags override it."),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+
+
+def _apply(recipe: Recipe, section: str, values: dict[str, Any]) -> Recipe:
+    """Set every option given on the command line (None means: keep the recipe's value)."""
+    for key, value in values.items():
+        if value is not None:
+            set_option(recipe, f"{section}.{key}", value)
+    return recipe
+
+
+def _apply_extra(recipe: Recipe, ctx: typer.Context) -> Recipe:
+    for dotted, value in parse_extra_overrides(ctx.args).items():
+        set_option(recipe, dotted, value)
+    return recipe
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        stdout.print(f"mtkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def preprocess(
+    ctx: typer.Context,
+    source: Annotated[Optional[str], typer.Argument(help="A .zip, a .tsv/.txt of pairs, or a prefix of two files (PREFIX.en, PREFIX.fr). Omitted: download the book's fra-eng.zip.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Data directory to create.")] = ...,  # type: ignore[assignment]
+    recipe: RecipeOpt = None,
+    train: Annotated[Optional[str], typer.Option(help="Ready-made training pairs (TSV or file prefix) instead of SOURCE.")] = None,
+    dev: Annotated[Optional[str], typer.Option(help="Ready-made dev pairs.")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Ready-made test pairs.")] = None,
+    src_lang: Annotated[Optional[str], typer.Option(help="Source language code [default: en].")] = None,
+    tgt_lang: Annotated[Optional[str], typer.Option(help="Target language code [default: fr].")] = None,
+    reverse: Annotated[Optional[bool], typer.Option("--reverse/--no-reverse", help="Swap the columns (French→English for fra-eng).")] = None,
+    normalize: Annotated[Optional[str], typer.Option(help="clean (NFC, spaces), book (the chapter's: lowercase, space before , . ! ?) or book-cased [default: clean].")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="word (the book's) or sentencepiece [default: sentencepiece].")] = None,
+    min_freq: Annotated[Optional[int], typer.Option(help="word: keep tokens seen this often [default: 2].")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="sentencepiece: vocabulary size [default: 8000].")] = None,
+    sp_model: Annotated[Optional[str], typer.Option(help="sentencepiece: unigram or bpe [default: unigram].")] = None,
+    joint_vocab: Annotated[Optional[bool], typer.Option("--joint-vocab/--separate-vocab", help="One vocabulary for both languages.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(help="Use only the first N pairs (the book's knob).")] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="Drop training pairs with a side longer than N tokens.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="grouped (shuffled, no source shared with train) or ordered (the book: file order) [default: grouped].")] = None,
+    dev_size: Annotated[Optional[int], typer.Option(help="Dev source sentences [default: 1000].")] = None,
+    test_size: Annotated[Optional[int], typer.Option(help="Test source sentences [default: 2000].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split [default: 1].")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Turn raw parallel text into a data directory: split, normalise, tokenise, encode."""
+    from mtkit.data.preprocess import preprocess as run_preprocess, print_report
+
+    config = load_recipe(recipe)
+    _apply(config, "data", {k: v for k, v in locals().items() if k in _DATA_FLAGS})
+    _apply_extra(config, ctx)
+    report = run_preprocess(config.data, out, source, train, dev, test, force, progress=stderr.is_terminal)
+    print_report(report, stdout)
+
+
+_DATA_FLAGS = {
+    "src_lang", "tgt_lang", "reverse", "normalize", "tokenizer", "min_freq", "vocab_size",
+    "sp_model", "joint_vocab", "max_examples", "max_len", "split", "dev_size", "test_size", "seed",
+}
+_MODEL_FLAGS = {
+    "cell", "impl", "embed", "hidden", "layers", "decoder_layers", "bidirectional", "bridge",
+    "attention", "attention_score", "dropout", "tie_embeddings",
+}
+_TRAIN_FLAGS = {
+    "lr", "batch_size", "batch_tokens", "seed", "max_epochs", "max_steps", "max_time",
+    "valid_every", "valid_beam", "precision", "device", "schedule", "warmup", "label_smoothing",
+    "patience", "stop_on", "save_every", "clip_norm",
+}
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data directory from `mtkit preprocess`.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    recipe: RecipeOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from its last.pt with its saved config (raise limits with --max-*).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="gru or lstm.")] = None,
+    impl: Annotated[Optional[str], typer.Option(help="fused (nn.GRU/nn.LSTM kernels) or scratch (the chapter's gate equations).")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Embedding size.")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="RNN hidden size (per direction).")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Encoder RNN layers (the decoder's too unless --decoder-layers).")] = None,
+    decoder_layers: Annotated[Optional[int], typer.Option(help="Decoder RNN layers (needs --bridge linear/zero if different).")] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option("--bidirectional/--unidirectional", help="Bidirectional encoder.")] = None,
+    bridge: Annotated[Optional[str], typer.Option(help="Decoder initial state: last (the book's hand-off), linear or zero.")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="none (the book's fixed context), bahdanau or luong.")] = None,
+    attention_score: Annotated[Optional[str], typer.Option(help="Luong score: general or dot.")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between RNN layers.")] = None,
+    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--no-tie-embeddings", help="Share the target embeddings with the output layer (needs embed == hidden).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="constant, linear (to zero at the budget's end), inverse-sqrt or plateau.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps (linear, inverse-sqrt).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sentences per batch (instead of --batch-tokens).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Target tokens per length-bucketed batch.")] = None,
+    clip_norm: Annotated[Optional[float], typer.Option(help="Global gradient-norm clipping.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the loss.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; a CPU run with the same seed repeats exactly.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Stop after N epochs.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N updates.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 600, 90s, 10m, 1h30m.")] = None,
+    valid_every: Annotated[Optional[int], typer.Option(help="Validate every N steps [default: every epoch].")] = None,
+    valid_beam: Annotated[Optional[int], typer.Option(help="Beam size for dev BLEU (1 = greedy, fastest).")] = None,
+    stop_on: Annotated[Optional[str], typer.Option(help="Metric for best.pt and early stopping: bleu, chrf or loss.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N validations without improvement.")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps between validations.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on capable GPUs, else fp32), fp32, bf16 or fp16 (CUDA).")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train in N processes (DistributedDataParallel via torchrun).")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train a model; the first limit reached (--max-epochs/--max-steps/--max-time) ends it.
+
+    Any recipe value can also be set as --SECTION.KEY VALUE, e.g. --train.clip-norm 5.
+    Ctrl-C saves the state; continue with --resume RUN_DIR.
+    """
+    from mtkit.training.distributed import launch
+    from mtkit.training.loop import resume as resume_training, train as run_training
+
+    if nproc is not None and nproc > 1:
+        argv = [a for a in sys.argv[1:] if a != "--debug"]
+        at = argv.index("--nproc") if "--nproc" in argv else None
+        argv = argv[:at] + argv[at + 2 :] if at is not None else [a for a in argv if not a.startswith("--nproc=")]
+        code = launch(nproc, argv)
+        if code:
+            raise typer.Exit(code)
+        return
+    values = locals()
+    if resume is not None:
+        if data is not None or out is not None or recipe is not None:
+            raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time)")
+        resume_training(resume, {k: values[k] for k in ("max_steps", "max_epochs", "max_time")}, stderr)
+        return
+    if data is None or out is None:
+        raise UsageError("give --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    config = load_recipe(recipe)
+    _apply(config, "model", {k: values[k] for k in _MODEL_FLAGS})
+    _apply(config, "train", {k: values[k] for k in _TRAIN_FLAGS})
+    _apply_extra(config, ctx)
+    run_training(config, data, out, force, stderr)
+
+
+@app.command()
+def translate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory from `mtkit train`.")] = ...,  # type: ignore[assignment]
+    input: Annotated[str, typer.Argument(help="Text file, one sentence per line; - or omitted: stdin (a prompt on a terminal).")] = "-",
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file; - for stdout.")] = "-",
+    checkpoint: Annotated[Optional[str], typer.Option(help="best (default), last, or a checkpoint file.")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy search.")] = 1,
+    alpha: Annotated[float, typer.Option(help="Length normalisation: rank by log P / lp(L).")] = 0.75,
+    length_penalty: Annotated[str, typer.Option(help="book: lp = L^alpha; gnmt: lp = ((5+L)/6)^alpha.")] = "book",
+    nbest: Annotated[int, typer.Option(help="Print the N best (N <= beam) as `index ||| hypothesis ||| score`.")] = 1,
+    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (one JSON object per input with its n-best list).")] = "text",
+    search: Annotated[str, typer.Option(help="beam, or exhaustive (tiny vocabularies only: teaching and testing).")] = "beam",
+    batch_size: Annotated[int, typer.Option(help="Sentences decoded together (results never depend on it).")] = 128,
+    buffer: Annotated[int, typer.Option(help="Lines read and written per chunk (bounds memory).")] = 10_000,
+    max_len_a: Annotated[float, typer.Option(help="Output length limit: a·(source length) + b tokens.")] = 2.0,
+    max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = 10,
+    no_unk: Annotated[bool, typer.Option("--no-unk", help="Never output <unk>.")] = False,
+    tokenized: Annotated[bool, typer.Option("--tokenized", help="Print tokens/pieces instead of detokenised text.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Translate raw text; exactly one output line per input line, in input order."""
+    from mtkit.decoding import SearchOptions
+    from mtkit.fileio import open_text_input
+    from mtkit.translate import Translator, interactive
+
+    if output_format not in ("text", "jsonl"):
+        raise UsageError("--format must be text or jsonl")
+    options = SearchOptions(search, beam, alpha, length_penalty, nbest, max_len_a, max_len_b, no_unk)
+    translator = Translator(model, checkpoint, device)
+    if input == "-" and sys.stdin.isatty():
+        interactive(translator, options, stderr)
+        return
+    with open_text_input(input) as lines:
+        _write_lines(translator.stream(lines, options, batch_size, buffer, tokenized, output_format), output)
+
+
+def _write_lines(lines, output: str) -> None:
+    """Write to stdout as lines are produced, or to a file atomically once all are done."""
+    from mtkit.fileio import atomic_write
+
+    if output == "-":
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        return
+    with atomic_write(output) as handle:
+        for line in lines:
+            handle.write(line + "\n")
+
+
+@app.command()
+def evaluate(
+    hyp: Annotated[Optional[Path], typer.Option(help="Detokenised hypotheses, one per line.")] = None,
+    ref: Annotated[Optional[list[Path]], typer.Option(help="Reference file; repeat for more references (empty lines in the 2nd and later files mean: no reference), or a .jsonl file of reference lists.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory: translate --split of --data, then score.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data directory for --model.")] = None,
+    split: Annotated[str, typer.Option(help="dev or test (with --model).")] = "test",
+    checkpoint: Annotated[Optional[str], typer.Option(help="With --model: best (default), last or a file.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --model: also save the translations here.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (bleu, chrf, ter, signatures).")] = False,
+    book_bleu: Annotated[bool, typer.Option("--book-bleu", help="Also print the book's BLEU for every sentence.")] = False,
+    book_bleu_k: Annotated[int, typer.Option(help="Longest n-gram of the book's BLEU.")] = 2,
+    src: Annotated[Optional[Path], typer.Option(help="Source sentences, shown beside --book-bleu scores.")] = None,
+) -> None:
+    """Score translations with sacreBLEU (BLEU, chrF, TER), optionally the book's BLEU."""
+    from mtkit.evaluation import book_bleu as book_score, corpus_scores, read_lines, read_references
+    from mtkit.translate import translate_split
+
+    if model is not None:
+        if hyp is not None or ref:
+            raise UsageError("give either --model with --data, or --hyp with --ref")
+        if data is None:
+            raise UsageError("--model needs --data (the data directory holding the split)")
+        hypotheses, references = translate_split(model, data, split, checkpoint)
+        if output is not None:
+            from mtkit.fileio import write_lines
+
+            write_lines(output, hypotheses)
+    else:
+        if hyp is None or not ref:
+            raise UsageError("give --hyp and at least one --ref (or --model and --data)")
+        hypotheses = read_lines(hyp)
+        references = read_references(ref, len(hypotheses))
+    scores = corpus_scores(hypotheses, references)
+    if json_output:
+        stdout.print_json(json.dumps(scores.as_dict()))
+    else:
+        for line in scores.lines:
+            stdout.print(line)
+    if book_bleu:
+        sources = read_lines(src) if src is not None else [None] * len(hypotheses)
+        for source, hypothesis, refs in zip(sources, hypotheses, references):
+            score = max(book_score(hypothesis, r, book_bleu_k) for r in refs)
+            shown = f"{source} => " if source is not None else ""
+            stdout.print(f"{shown}{hypothesis}, bleu,{score:.3f}")
+
+
+@app.command()
+def average(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with numbered checkpoints (step-N.pt).")],
+    last: Annotated[int, typer.Option(help="Average the N most recent numbered checkpoints.")] = 5,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write [default: RUN_DIR/averaged.pt].")] = None,
+) -> None:
+    """Average the parameters of a run's last N checkpoints into a new model.
+
+    Translate with it: mtkit translate --model RUN_DIR --checkpoint averaged
+    """
+    from mtkit import __version__
+    from mtkit.rundir import RunDir
+    from mtkit.training.checkpoint import average_checkpoints, numbered_checkpoints, save_checkpoint
+
+    run = RunDir(run_dir)
+    chosen = numbered_checkpoints(run.path)[-last:]
+    if len(chosen) < last:
+        raise UsageError(f"{run.path} has {len(chosen)} numbered checkpoints (step-N.pt), fewer than --last {last}")
+    target = output or run.path / "averaged.pt"
+    save_checkpoint(target, {"model": average_checkpoints(chosen), "meta": {"mtkit_version": __version__, "averaged": [p.name for p in chosen]}})
+    run.load_model(str(target))  # proves the result loads into the run's model
+    stdout.print(f"averaged {', '.join(p.name for p in chosen)} → {target}")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories, overlaid.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("training.png"),
+) -> None:
+    """Plot training loss, dev loss and dev BLEU against steps and time (needs matplotlib)."""
+    from mtkit.plotting import plot_runs
+
+    plot_runs(run_dirs, output)
+    stdout.print(f"wrote {output}")
+
+
+# -- entry point and the single error path ---------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MTKIT_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        result = app(args=args, prog_name="mtkit", standalone_mode=False)
+    except Interrupted as exc:
+        sys.stderr.write(f"mtkit: {exc}\n")
+        sys.exit(exc.exit_code)
+    except MtkitError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
+        sys.exit(0)
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        _handle_unexpected(exc)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _handle_unexpected(exc: Exception) -> None:
+    # Typer's parser errors (vendored click in new releases, click in old ones) carry
+    # format_message() and exit_code; its Exit and Abort signals carry only a code.
+    name = type(exc).__name__
+    if name == "Exit":
+        sys.exit(getattr(exc, "exit_code", 0))
+    if name == "Abort":
+        _fail("aborted", 1)
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+        message = " ".join(exc.format_message().split())
+        if not message:  # `mtkit` alone: the help was printed
+            sys.exit(exc.exit_code)
+        command = getattr(getattr(exc, "ctx", None), "command_path", "mtkit")
+        _fail(f"{message} (see `{command} --help`)", 2)
+    log = Path(tempfile.gettempdir()) / f"mtkit-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    _fail(f"unexpected {name}: {exc} (traceback in {log}; rerun with --debug)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"mtkit: error: {message}\n")
+    sys.exit(code)

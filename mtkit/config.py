@@ -1,0 +1,227 @@
+"""Typed configuration: recipes (TOML) → dataclasses, command-line overrides, JSON round trip.
+
+A recipe holds one experiment: ``[data]`` for ``mtkit preprocess``, ``[model]`` and ``[train]``
+for ``mtkit train``. Unknown sections or keys are refused with their name, so a typo never passes
+silently. The resolved configuration is saved as ``config.json`` beside the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtkit.errors import UsageError
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class DataConfig:
+    """How ``mtkit preprocess`` turns raw pairs into a data directory."""
+
+    src_lang: str = "en"
+    tgt_lang: str = "fr"
+    reverse: bool = False
+    normalize: str = _choice("clean", "clean", "book", "book-cased")
+    tokenizer: str = _choice("sentencepiece", "word", "sentencepiece")
+    min_freq: int = 2
+    vocab_size: int = 8000
+    sp_model: str = _choice("unigram", "unigram", "bpe")
+    joint_vocab: bool = False
+    max_examples: int | None = None
+    max_len: int | None = None
+    split: str = _choice("grouped", "grouped", "ordered")
+    dev_size: int = 1000
+    test_size: int = 2000
+    seed: int = 1
+
+
+@dataclass
+class ModelConfig:
+    """The encoder-decoder architecture; ``translate`` rebuilds exactly this from config.json."""
+
+    cell: str = _choice("gru", "gru", "lstm")
+    impl: str = _choice("fused", "fused", "scratch")
+    embed: int = 256
+    hidden: int = 256
+    layers: int = 2
+    decoder_layers: int | None = None
+    bidirectional: bool = False
+    bridge: str = _choice("last", "last", "linear", "zero")
+    attention: str = _choice("none", "none", "bahdanau", "luong")
+    attention_score: str = _choice("general", "general", "dot")
+    dropout: float = 0.2
+    tie_embeddings: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, batching, limits, validation and checkpoints for ``mtkit train``."""
+
+    batch_size: int | None = None
+    batch_tokens: int | None = 2000
+    lr: float = 0.005
+    schedule: str = _choice("constant", "constant", "linear", "inverse-sqrt", "plateau")
+    warmup: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    max_time: float | None = None
+    truncate: int | None = None
+    valid_every: int | None = None
+    valid_beam: int = 1
+    stop_on: str = _choice("bleu", "bleu", "chrf", "loss")
+    patience: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 5
+    seed: int = 1
+    device: str = "auto"
+    precision: str = _choice("auto", "auto", "fp32", "bf16", "fp16")
+    log_every: int = 100
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> Recipe:
+        unknown = set(raw) - set(SECTIONS)
+        if unknown:
+            raise UsageError(f"{origin}: unknown section [{sorted(unknown)[0]}]; expected {', '.join(SECTIONS)}")
+        recipe = cls()
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise UsageError(f"{origin}: [{section}] must be a table of settings")
+            for key, value in values.items():
+                set_option(recipe, f"{section}.{key}", value, origin)
+        return recipe
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"recipe not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a valid TOML recipe ({exc})") from None
+    return Recipe.from_dict(raw, str(path))
+
+
+def field_type(section_cls: type, name: str) -> tuple[type, bool]:
+    """The base type of a config field and whether it may be None."""
+    hint = typing.get_type_hints(section_cls)[name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        base = next(a for a in args if a is not type(None))
+        return base, type(None) in args
+    return hint, False
+
+
+def set_option(recipe: Recipe, dotted: str, value: Any, origin: str = "command line") -> None:
+    """Set ``section.key`` to ``value`` (a typed value, or a string from the command line)."""
+    section, _, key = dotted.partition(".")
+    section_cls = SECTIONS.get(section)
+    if section_cls is None or key not in {f.name for f in dataclasses.fields(section_cls)}:
+        raise UsageError(f"{origin}: unknown option {dotted!r}")
+    target = getattr(recipe, section)
+    value = coerce(section_cls, key, value, f"{origin}: {dotted}")
+    setattr(target, key, value)
+    # Two ways to size a batch: the one set last wins.
+    if section == "train" and key in _BATCH_ALTERNATIVES and value is not None:
+        setattr(target, _BATCH_ALTERNATIVES[key], None)
+
+
+_BATCH_ALTERNATIVES = {"batch_size": "batch_tokens", "batch_tokens": "batch_size"}
+
+
+def coerce(section_cls: type, key: str, value: Any, where: str) -> Any:
+    base, optional = field_type(section_cls, key)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if not optional:
+            raise UsageError(f"{where} cannot be empty")
+        return None
+    if key == "max_time":
+        return parse_duration(value, where)
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif base is str:
+            if not isinstance(value, str):
+                raise ValueError
+    except ValueError:
+        raise UsageError(f"{where}: expected {base.__name__}, got {value!r}") from None
+    choices = next(
+        f.metadata.get("choices") for f in dataclasses.fields(section_cls) if f.name == key
+    )
+    if choices and value not in choices:
+        raise UsageError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """Seconds from ``600``, ``90s``, ``10m``, ``1h30m``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match or not any(match.groups()):
+        raise UsageError(f"{where}: cannot read {value!r} as a duration (e.g. 600, 90s, 10m, 1h30m)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def parse_extra_overrides(args: list[str]) -> dict[str, str]:
+    """``--section.key value`` or ``--section.key=value`` pairs left over by the CLI parser."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise UsageError(f"unexpected argument {arg!r} (overrides look like --train.lr 0.001)")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise UsageError(f"option --{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        overrides[name.replace("-", "_")] = value
+        i += 1
+    return overrides

@@ -1,0 +1,1 @@
+"""Data: sources and splits, normalisation, tokenisers, vocabularies, encoded splits, batching."""

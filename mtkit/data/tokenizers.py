@@ -1,0 +1,180 @@
+"""Tokenisers: the book's word splitting and SentencePiece subwords, behind one interface.
+
+A tokeniser maps normalised text to ids (no ``<bos>``/``<eos>``) and ids back to text.
+``TextProcessor`` adds the normalisation scheme and language so that one object turns raw input
+into ids and model output into detokenised text.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import sentencepiece as spm
+
+from mtkit.data.normalize import normalize, restore_spacing
+from mtkit.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
+from mtkit.errors import DataError
+
+TOKENIZERS = ("word", "sentencepiece")
+_HIDDEN = {PAD, BOS, EOS}
+
+
+class Tokenizer(Protocol):
+    kind: str
+    vocab: Vocab
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def pieces(self, ids: Iterable[int]) -> list[str]: ...
+
+
+class WordTokenizer:
+    """The book's tokens: the normalised text split on single spaces."""
+
+    kind = "word"
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab = vocab
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return [token for token in text.split(" ") if token]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], min_freq: int) -> WordTokenizer:
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(cls.split(text))
+        return cls(Vocab.build(counts, min_freq=min_freq))
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(self.split(text))
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab.tokens[i] for i in ids if i not in _HIDDEN]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.pieces(ids))
+
+
+class SentencePieceTokenizer:
+    """SentencePiece (unigram or BPE) with mtkit's special ids and an exact round trip.
+
+    Training uses the identity normalisation rule (mtkit normalises beforehand) and byte fallback,
+    so ``decode(encode(text)) == text`` for any normalised text, unseen characters included.
+    """
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.model_proto = model_proto
+        self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        size = self.processor.get_piece_size()
+        self.vocab = Vocab([self.processor.id_to_piece(i) for i in range(size)])
+
+    @classmethod
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram"
+    ) -> SentencePieceTokenizer:
+        model = io.BytesIO()
+        sentences = [t for t in texts if t]
+        if not sentences:
+            raise DataError("no text to train a SentencePiece model on")
+        # SentencePiece raises when vocab_size is unreachable for a small corpus: let it pick the
+        # largest reachable size instead (hard_vocab_limit=False).
+        try:
+            cls._train(sentences, model, vocab_size, model_type)
+        except RuntimeError as exc:
+            detail = str(exc).split("] ")[-1].split(" Increase")[0]
+            raise DataError(
+                f"cannot train a SentencePiece model with vocabulary size {vocab_size}: {detail} "
+                "(byte fallback needs 256 pieces plus one per character)"
+            ) from None
+        return cls(model.getvalue())
+
+    @staticmethod
+    def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type: str) -> None:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            hard_vocab_limit=False,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            pad_piece=SPECIALS[PAD],
+            unk_piece=SPECIALS[UNK],
+            bos_piece=SPECIALS[BOS],
+            eos_piece=SPECIALS[EOS],
+            unk_surface=SPECIALS[UNK],
+            num_threads=2,
+            minloglevel=2,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> SentencePieceTokenizer:
+        try:
+            return cls(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise DataError("SentencePiece model not found", path) from None
+        except RuntimeError as exc:
+            raise DataError(f"not a SentencePiece model ({exc})", path) from None
+
+    def save(self, path: str | Path) -> None:
+        from mtkit.fileio import atomic_write
+
+        with atomic_write(path, binary=True) as handle:
+            handle.write(self.model_proto)
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode(text, out_type=int)
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab.tokens[i] for i in ids if i not in _HIDDEN]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.processor.decode([i for i in ids if i not in _HIDDEN])
+
+
+@dataclass
+class TextProcessor:
+    """Normalisation + tokenisation for one side of a language pair."""
+
+    lang: str
+    scheme: str
+    tokenizer: WordTokenizer | SentencePieceTokenizer
+
+    def normalize(self, text: str) -> str:
+        return normalize(text, self.scheme)
+
+    def encode(self, raw: str) -> list[int]:
+        return self.tokenizer.encode(self.normalize(raw))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Detokenised text: tokens joined, the scheme's inserted spaces removed."""
+        return restore_spacing(self.tokenizer.decode(ids), self.scheme, self.lang)
+
+    def tokens(self, ids: Sequence[int]) -> str:
+        """The raw tokens or pieces, space-separated (``translate --tokenized``)."""
+        return " ".join(self.tokenizer.pieces(ids))
+
+
+def load_tokenizer(kind: str, path: str | Path) -> WordTokenizer | SentencePieceTokenizer:
+    if kind == "word":
+        return WordTokenizer(Vocab.load(path))
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.load(path)
+    raise DataError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZERS)}")

@@ -1,0 +1,87 @@
+"""Search: greedy, beam and exhaustive, with batching that never lets sentences interact.
+
+``decode`` sorts sentences by length, runs the search batch by batch and restores input order,
+so an output depends only on its own input, never on the batch size or its neighbours. The
+search code only needs ``Seq2Seq.encode`` and ``Seq2Seq.step``, whatever the encoder/decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mtkit.data.batching import pad_sequences
+from mtkit.data.vocab import EOS
+from mtkit.decoding.beam import LENGTH_PENALTIES, beam_search
+from mtkit.decoding.exhaustive import exhaustive_search
+from mtkit.decoding.greedy import greedy_search
+from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.errors import UsageError
+from mtkit.models.seq2seq import Seq2Seq
+
+SEARCHES = ("beam", "exhaustive")
+
+
+@dataclass
+class SearchOptions:
+    """How to search. ``beam`` 1 is greedy; outputs are at most ``max_len_a · |src| + max_len_b``
+    tokens (counting ``<eos>``); hypotheses are ranked by log P / lp(length) with the book's
+    lp = L^alpha or GNMT's ((5 + L) / 6)^alpha."""
+
+    search: str = "beam"
+    beam: int = 1
+    alpha: float = 0.75
+    length_penalty: str = "book"
+    nbest: int = 1
+    max_len_a: float = 2.0
+    max_len_b: int = 10
+    no_unk: bool = False
+
+    def __post_init__(self) -> None:
+        if self.search not in SEARCHES:
+            raise UsageError(f"--search must be one of {', '.join(SEARCHES)}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            raise UsageError(f"--length-penalty must be one of {', '.join(LENGTH_PENALTIES)}")
+        if self.beam < 1 or self.nbest < 1 or self.nbest > self.beam and self.search == "beam":
+            raise UsageError(f"need 1 <= --nbest <= --beam (got nbest {self.nbest}, beam {self.beam})")
+        if self.alpha < 0:
+            raise UsageError("--alpha must be >= 0")
+
+    def max_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
+        return (src_lengths.double() * self.max_len_a + self.max_len_b).floor().long().clamp(min=1)
+
+
+def search_batch(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions) -> list[list[Hypothesis]]:
+    """The n-best lists of one padded batch."""
+    limits = options.max_lengths(src_lengths.cpu())
+    if options.search == "exhaustive":
+        return exhaustive_search(model, src, src_lengths, limits, options.alpha, options.length_penalty, options.nbest, options.no_unk)
+    if options.beam == 1:
+        return [[hyp] for hyp in greedy_search(model, src, src_lengths, limits, options.no_unk)]
+    return beam_search(model, src, src_lengths, limits, options.beam, options.alpha, options.length_penalty, options.nbest, options.no_unk)
+
+
+@torch.no_grad()
+def decode(
+    model: Seq2Seq,
+    sources: Sequence[Sequence[int]],
+    options: SearchOptions,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> list[list[Hypothesis]]:
+    """Translate id sequences (without ``<eos>``); n-best lists come back in input order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    results: list[list[Hypothesis]] = [[] for _ in sources]
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            src, src_lengths = pad_sequences([torch.as_tensor(sources[i], dtype=torch.int64) for i in chunk], EOS)
+            for i, hyps in zip(chunk, search_batch(model, src.to(device), src_lengths.to(device), options)):
+                results[i] = hyps
+    finally:
+        model.train(was_training)
+    return results

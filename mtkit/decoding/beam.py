@@ -1,0 +1,124 @@
+"""Batched beam search with the book's length-normalised scoring.
+
+All sentences × K beams advance in one tensor operation per step. A hypothesis ends when it
+emits ``<eos>`` (or is forced to at its sentence's length limit) and is scored by
+``log P(y | x) / lp(L)``, where L counts the tokens including ``<eos>`` and lp is the book's
+L^α or GNMT's ((5 + L) / 6)^α. A sentence stops when no live beam can still beat its best
+finished hypothesis, and leaves the batch then, so the others run on a smaller batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtkit.data.vocab import BOS, EOS, PAD, UNK
+from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.models.rnn import map_state
+from mtkit.models.seq2seq import Seq2Seq
+
+LENGTH_PENALTIES = ("book", "gnmt")
+
+
+def length_penalty(length: float | Tensor, alpha: float, kind: str = "book"):
+    """The divisor of log P: L^α (the book) or ((5 + L) / 6)^α (GNMT)."""
+    if kind == "book":
+        return length**alpha
+    if kind == "gnmt":
+        return ((5 + length) / 6) ** alpha
+    raise ValueError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_lengths: Tensor,
+    max_lengths: Tensor,
+    beam_size: int,
+    alpha: float = 0.75,
+    penalty: str = "book",
+    nbest: int = 1,
+    no_unk: bool = False,
+) -> list[list[Hypothesis]]:
+    """The ``nbest`` best hypotheses of every sentence, best first."""
+    device = src.device
+    batch, k = src.size(0), beam_size
+    memory, state = model.encode(src, src_lengths)
+    expand = torch.arange(batch, device=device).repeat_interleave(k)
+    memory = memory.index_select(expand)
+    state = map_state(state, lambda s: s.index_select(1, expand))
+
+    sentence = torch.arange(batch)  # original index of each live sentence
+    limits = max_lengths.to(torch.int64).clone()
+    # Cumulative log-probabilities of the live beams; only beam 0 is alive at the start so the
+    # first step does not pick K copies of the same token.
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    history = torch.empty(batch, k, 0, dtype=torch.int64, device=device)
+    prev = torch.full((batch * k,), BOS, dtype=torch.int64, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    # Per live sentence: the score a live beam must beat to enter its n-best list.
+    threshold = torch.full((batch,), float("-inf"))
+
+    step = 0
+    while len(sentence):
+        step += 1
+        log_probs, state, _ = model.step(prev, memory, state)
+        vocab = log_probs.size(-1)
+        log_probs[:, PAD] = log_probs[:, BOS] = float("-inf")
+        if no_unk:
+            log_probs[:, UNK] = float("-inf")
+        # At a sentence's length limit only <eos> remains possible.
+        at_limit = (limits <= step).to(device)
+        if at_limit.any():
+            forced = at_limit.repeat_interleave(k)
+            eos_scores = log_probs[forced, EOS]
+            log_probs[forced] = float("-inf")
+            log_probs[forced, EOS] = eos_scores
+        candidates = (scores[:, :, None] + log_probs.view(-1, k, vocab)).view(-1, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        is_eos = (top_token == EOS) & (top_scores > float("-inf"))
+
+        # Candidates ending in <eos> among the top K become finished hypotheses.
+        ended = is_eos[:, :k].nonzero().tolist()
+        if ended:
+            for row, rank in ended:
+                beam = int(top_beam[row, rank])
+                tokens = history[row, beam].tolist()
+                log_prob = float(top_scores[row, rank])
+                score = log_prob / length_penalty(len(tokens) + 1, alpha, penalty)
+                original = int(sentence[row])
+                finished[original].append(Hypothesis(tokens, log_prob, score))
+                if len(finished[original]) >= nbest:
+                    threshold[row] = sorted((h.score for h in finished[original]), reverse=True)[nbest - 1]
+
+        # The best K candidates that do not end continue as the live beams.
+        order = torch.arange(2 * k, device=device).expand_as(top_scores) + is_eos * (2 * k)
+        keep = order.topk(k, dim=1, largest=False).indices
+        scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
+        beam_source = top_beam.gather(1, keep)
+        new_tokens = top_token.gather(1, keep)
+        history = torch.cat([history.gather(1, beam_source[:, :, None].expand(-1, -1, history.size(2))), new_tokens[:, :, None]], dim=2)
+        flat_source = (beam_source + torch.arange(len(sentence), device=device)[:, None] * k).view(-1)
+        state = map_state(state, lambda s: s.index_select(1, flat_source))
+        prev = new_tokens.view(-1)
+
+        # A sentence is done when no live beam can beat its (n-th) best finished hypothesis. A live
+        # beam's log-probability can only fall, and the largest divisor it can still reach is
+        # the penalty at the length limit, so that is its best possible final score.
+        best_live = scores.max(dim=1).values.cpu()
+        bound = best_live / length_penalty(limits.float(), alpha, penalty)
+        done = (threshold >= bound) | (limits <= step) | (best_live == float("-inf"))
+        if done.any():
+            alive = (~done).nonzero().squeeze(1)
+            alive_device = alive.to(device)
+            sentence, limits, threshold = sentence[alive], limits[alive], threshold[alive]
+            scores, history = scores[alive_device], history[alive_device]
+            rows = (alive_device[:, None] * k + torch.arange(k, device=device)).view(-1)
+            memory = memory.index_select(rows)
+            state = map_state(state, lambda s: s.index_select(1, rows))
+            prev = prev.index_select(0, rows)
+    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
+

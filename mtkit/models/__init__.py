@@ -1,0 +1,1 @@
+"""Models: scratch cells, the recurrent stack, encoder, attention, decoders, seq2seq."""

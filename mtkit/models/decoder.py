@@ -1,0 +1,85 @@
+"""Decoders: the book's fixed-context GRU/LSTM, Luong attention, Bahdanau attention.
+
+``forward`` consumes a whole teacher-forced target (training); ``step`` advances one token
+(search). Both return pre-output features; the output layer lives in ``Seq2Seq``.
+
+- ``none`` (the book): input [embedding; context c] at every step, c fixed for the sentence.
+- ``luong``: the RNN runs on embeddings alone, attention comes after it, so training attends
+  for all steps in one batched product: features = tanh(W_c [h_t; attn(h_t)]).
+- ``bahdanau``: attention queried with the previous state feeds the RNN input, which forces a
+  loop over time steps in training too: features = tanh(W_c [h_t; ctx_t]).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtkit.data.vocab import PAD
+from mtkit.models.attention import BahdanauAttention, LuongAttention
+from mtkit.models.encoder import Memory
+from mtkit.models.rnn import RNN, State, top_layer
+
+ATTENTIONS = ("none", "bahdanau", "luong")
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self, cell: str, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float,
+        impl: str, memory_size: int, attention: str = "none", attention_score: str = "general",
+    ) -> None:
+        super().__init__()
+        self.kind = attention
+        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD)
+        rnn_input = embed if attention == "luong" else embed + memory_size
+        self.rnn = RNN(cell, rnn_input, hidden, layers, dropout, impl=impl)
+        self.attention: LuongAttention | BahdanauAttention | None = None
+        if attention == "luong":
+            self.attention = LuongAttention(hidden, memory_size, attention_score)
+        elif attention == "bahdanau":
+            self.attention = BahdanauAttention(hidden, memory_size, hidden)
+        elif attention != "none":
+            raise ValueError(f"unknown attention {attention!r}; choose from {', '.join(ATTENTIONS)}")
+        self.combine = nn.Linear(hidden + memory_size, hidden) if self.attention else None
+        self.output_size = hidden
+
+    def prepare(self, memory: Memory) -> Memory:
+        """Project the attention keys once per source batch."""
+        if self.attention is not None:
+            memory.keys = self.attention.keys(memory.outputs)
+        return memory
+
+    def forward(self, tgt_in: Tensor, memory: Memory, state: State) -> tuple[Tensor, State]:
+        """Teacher forcing over ``tgt_in`` (B, T): features (B, T, H) and the final state."""
+        embedded = self.embedding(tgt_in)
+        if self.kind == "none":
+            context = memory.context[:, None, :].expand(-1, embedded.size(1), -1)
+            return self.rnn(torch.cat([embedded, context], dim=-1), state=state)
+        if self.kind == "luong":
+            outputs, state = self.rnn(embedded, state=state)
+            context, _ = self.attention(outputs, memory.keys, memory.outputs, memory.mask)
+            return torch.tanh(self.combine(torch.cat([outputs, context], dim=-1))), state
+        features = []
+        for t in range(embedded.size(1)):
+            feature, state, _ = self._bahdanau_step(embedded[:, t], memory, state)
+            features.append(feature)
+        return torch.stack(features, dim=1), state
+
+    def step(self, tokens: Tensor, memory: Memory, state: State) -> tuple[Tensor, State, Tensor | None]:
+        """One step from the previous tokens (B,): features (B, H), new state, attention (B, S)."""
+        embedded = self.embedding(tokens)
+        if self.kind == "bahdanau":
+            return self._bahdanau_step(embedded, memory, state)
+        if self.kind == "none":
+            output, state = self.rnn(torch.cat([embedded, memory.context], dim=-1)[:, None], state=state)
+            return output[:, 0], state, None
+        output, state = self.rnn(embedded[:, None], state=state)
+        context, weights = self.attention(output, memory.keys, memory.outputs, memory.mask)
+        features = torch.tanh(self.combine(torch.cat([output, context], dim=-1)))
+        return features[:, 0], state, weights[:, 0]
+
+    def _bahdanau_step(self, embedded: Tensor, memory: Memory, state: State) -> tuple[Tensor, State, Tensor]:
+        context, weights = self.attention(top_layer(state), memory.keys, memory.outputs, memory.mask)
+        output, state = self.rnn(torch.cat([embedded, context], dim=-1)[:, None], state=state)
+        features = torch.tanh(self.combine(torch.cat([output[:, 0], context], dim=-1)))
+        return features, state, weights

@@ -1,0 +1,85 @@
+"""The output layer and its masked cross-entropy, fused into one memory-frugal operation.
+
+The vocabulary-sized projection dominates a training step, and most of its cost beyond the
+matrix products is memory traffic over the (tokens × vocabulary) logits. ``LinearCrossEntropy``
+computes the logits once, then in cache-sized row chunks turns them in place into the gradient
+of the loss with respect to the logits (softmax − target distribution), which backward needs as
+it is. Unfused, log-softmax, NLL, their backward passes and a zero-filled one-hot gradient each
+walk the whole logits tensor again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mtkit.data.vocab import PAD
+
+CHUNK_BYTES = 4 << 20  # rows of fp32 logits processed together: stays in cache
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(x_i W^T + b, y_i) with label smoothing; gradients for x, W and b."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, smoothing: float) -> Tensor:
+        compute = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            compute = torch.get_autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            x_c, w_c = x.to(compute), weight.to(compute)
+            logits = F.linear(x_c, w_c, bias.to(compute) if bias is not None else None)
+            vocab = logits.size(1)
+            rows = max(1, CHUNK_BYTES // (4 * vocab))
+            total = torch.zeros((), dtype=torch.float32, device=x.device)
+            for start in range(0, logits.size(0), rows):
+                chunk = logits[start : start + rows]
+                z = chunk.float()  # a view when the logits are fp32, else a cached copy
+                y = targets[start : start + rows, None]
+                nll = -z.gather(1, y)
+                if smoothing:
+                    nll = (1 - smoothing) * nll - smoothing * z.mean(dim=1, keepdim=True)
+                top = z.amax(dim=1, keepdim=True)
+                probs = z.sub_(top).exp_()  # one exp serves the loss and the gradient
+                norm = probs.sum(dim=1, keepdim=True)
+                total += (nll + top + norm.log()).sum()
+                probs.div_(norm)
+                probs.scatter_add_(1, y, torch.full(y.shape, smoothing - 1, dtype=probs.dtype, device=y.device))
+                if smoothing:
+                    probs.sub_(smoothing / vocab)
+                if probs.data_ptr() != chunk.data_ptr():
+                    chunk.copy_(probs)
+        ctx.save_for_backward(x_c, w_c, logits)
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor):
+        x_c, w_c, grad_logits = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_total.to(grad_logits.dtype)
+        grad_logits = grad_logits * scale
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_logits @ w_c).to(x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_logits.t() @ x_c).to(w_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_logits.sum(0, dtype=torch.float32).to(b_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def sequence_loss(
+    features: Tensor, generator: nn.Linear, targets: Tensor, label_smoothing: float = 0.0
+) -> tuple[Tensor, int]:
+    """Summed cross-entropy over non-pad targets and their count.
+
+    Padding is removed *before* the output layer, so no work is spent on pad positions.
+    ``<eos>`` counts as a target, as in the book.
+    """
+    keep = targets != PAD
+    loss = LinearCrossEntropy.apply(
+        features[keep], generator.weight, generator.bias, targets[keep], label_smoothing
+    )
+    return loss, int(keep.sum())

@@ -1,0 +1,82 @@
+"""One recurrent stack for encoders and decoders, fused (``nn.GRU``/``nn.LSTM``) or scratch.
+
+Padding never changes results: the fused stack packs variable-length input, the scratch stack
+masks it, so a sentence encodes to the same vectors alone or inside a padded batch. Final states
+come back per layer with the directions concatenated: (layers, batch, dirs·hidden).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mtkit.models.cells import ScratchRNN
+
+State = Union[Tensor, tuple[Tensor, Tensor]]
+CELLS = ("gru", "lstm")
+IMPLS = ("fused", "scratch")
+
+
+def map_state(state: State, fn) -> State:
+    """Apply ``fn`` to the hidden state, or to both h and c of an LSTM state."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def top_layer(state: State) -> Tensor:
+    """The last layer's hidden vector (an LSTM's h, not its memory cell)."""
+    return (state[0] if isinstance(state, tuple) else state)[-1]
+
+
+class RNN(nn.Module):
+    def __init__(
+        self, cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
+        bidirectional: bool = False, impl: str = "fused",
+    ) -> None:
+        super().__init__()
+        self.dirs = 2 if bidirectional else 1
+        self.num_layers = num_layers
+        self.output_size = hidden_size * self.dirs
+        dropout = dropout if num_layers > 1 else 0.0
+        if impl == "fused":
+            module = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            self.net: nn.Module = module(
+                input_size, hidden_size, num_layers, dropout=dropout,
+                bidirectional=bidirectional, batch_first=True,
+            )
+        elif impl == "scratch":
+            self.net = ScratchRNN(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
+        else:
+            raise ValueError(f"unknown RNN implementation {impl!r}")
+        self.fused = impl == "fused"
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        """Run over ``x`` (B, T, D); ``lengths`` (B,) for padded input whose final state matters."""
+        if state is not None:
+            state = map_state(state, self._to_torch_layout)
+        if not self.fused:
+            outputs, final = self.net(x, state, lengths)
+        elif lengths is None:
+            outputs, final = self.net(x, state)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            outputs, final = self.net(packed, state)
+            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=x.size(1))
+        return outputs, map_state(final, self._to_layer_layout)
+
+    def _to_layer_layout(self, s: Tensor) -> Tensor:
+        """(layers·dirs, B, H) → (layers, B, dirs·H)."""
+        if self.dirs == 1:
+            return s
+        layers, batch, hidden = self.num_layers, s.size(1), s.size(2)
+        return s.view(layers, self.dirs, batch, hidden).permute(0, 2, 1, 3).reshape(layers, batch, -1)
+
+    def _to_torch_layout(self, s: Tensor) -> Tensor:
+        if self.dirs == 1:
+            return s
+        layers, batch = s.size(0), s.size(1)
+        return s.view(layers, batch, self.dirs, -1).permute(0, 2, 1, 3).reshape(layers * self.dirs, batch, -1)

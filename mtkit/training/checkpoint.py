@@ -1,0 +1,90 @@
+"""Checkpoints: tensors and plain data only, written atomically, checked when read.
+
+A checkpoint is a ``torch.save`` dictionary loaded with ``weights_only=True``, so a file from a
+stranger cannot run code. ``meta.checksum`` is a SHA-256 over every tensor, so a truncated or
+corrupted file is reported as such instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtkit.errors import CheckpointError
+from mtkit.fileio import atomic_write
+
+
+def tensor_checksum(obj: Any) -> str:
+    """SHA-256 over all tensors in a nested structure, visited in a fixed order."""
+    digest = hashlib.sha256()
+
+    def visit(value: Any, path: str) -> None:
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            digest.update(f"{path}:{value.dtype}:{tuple(value.shape)};".encode())
+            digest.update(data.numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                visit(value[key], f"{path}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{path}/{i}")
+
+    visit(obj, "")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus its checksum) to ``path`` via a temporary file and a rename."""
+    payload = dict(payload)
+    payload["meta"] = {**payload.get("meta", {}), "checksum": tensor_checksum(payload)}
+    with atomic_write(path, binary=True) as handle:
+        torch.save(payload, handle)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and verify its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint holds objects other than tensors and plain data "
+            f"({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({str(exc)[:160]})") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{path}: not an mtkit checkpoint")
+    stored = payload.get("meta", {}).pop("checksum", None)
+    if stored is None or stored != tensor_checksum(payload):
+        raise CheckpointError(f"{path}: corrupted checkpoint (checksum mismatch)")
+    return payload
+
+
+def numbered_checkpoints(run_dir: Path) -> list[Path]:
+    """``step-N.pt`` files of a run, oldest first."""
+    return sorted(run_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the models' parameters (accumulated in float64)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        model = load_checkpoint(path)["model"]
+        if total and model.keys() != total.keys():
+            raise CheckpointError(f"{path}: holds a different model than {paths[0]}")
+        for name, tensor in model.items():
+            total[name] = total.get(name, 0) + tensor.double()
+    reference = load_checkpoint(paths[0])["model"]
+    return {name: (value / len(paths)).to(reference[name].dtype) for name, value in total.items()}

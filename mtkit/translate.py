@@ -1,0 +1,127 @@
+"""Translating text with a trained run directory: files or stdin, streamed in input order.
+
+Input is read in chunks of ``buffer`` lines, so memory stays bounded for any file length; each
+chunk is normalised, tokenised, decoded in length-sorted batches and written back in input
+order before the next is read. Every input line gives exactly one output line.
+"""
+
+from __future__ import annotations
+
+import json
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from mtkit.data.dataset import DataDir
+from mtkit.decoding import SearchOptions, decode
+from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.errors import UsageError
+from mtkit.rundir import RunDir
+
+
+@dataclass
+class TranslateStats:
+    lines: int = 0
+    empty: int = 0
+
+
+class Translator:
+    """A loaded model with its tokenisers, ready to translate raw sentences."""
+
+    def __init__(self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> None:
+        self.run = RunDir(run_dir)
+        self.device = torch.device(device)
+        self.model, _ = self.run.load_model(checkpoint, self.device)
+        self.src, self.tgt = self.run.processor("src"), self.run.processor("tgt")
+
+    def nbest(
+        self, sentences: list[str], options: SearchOptions, batch_size: int = 128, tokenized: bool = False
+    ) -> list[list[tuple[str, Hypothesis]]]:
+        """The n-best (text, hypothesis) list of each raw sentence; an empty line gets []."""
+        encoded = [self.src.encode(s) for s in sentences]
+        wanted = [i for i, ids in enumerate(encoded) if ids]
+        found = decode(self.model, [encoded[i] for i in wanted], options, batch_size, self.device)
+        render = self.tgt.tokens if tokenized else self.tgt.decode
+        results: list[list[tuple[str, Hypothesis]]] = [[] for _ in sentences]
+        for i, hyps in zip(wanted, found):
+            results[i] = [(one_line(render(h.tokens)), h) for h in hyps]
+        return results
+
+    def translate(
+        self, sentences: list[str], options: SearchOptions, batch_size: int = 128, tokenized: bool = False
+    ) -> list[str]:
+        """The best translation of each raw sentence; an empty line gives an empty line."""
+        return [hyps[0][0] if hyps else "" for hyps in self.nbest(sentences, options, batch_size, tokenized)]
+
+    def stream(
+        self, lines: Iterable[str], options: SearchOptions, batch_size: int = 128,
+        buffer: int = 10_000, tokenized: bool = False, output_format: str = "text",
+        stats: TranslateStats | None = None,
+    ) -> Iterator[str]:
+        """Translate lines chunk by chunk, yielding output lines in input order: one per input
+        (``text``, ``jsonl``), or ``nbest`` lines ``index ||| hypothesis ||| score`` per input."""
+        iterator = iter(lines)
+        index = 0
+        while chunk := [line.rstrip("\r\n") for line in islice(iterator, buffer)]:
+            if stats is not None:
+                stats.lines += len(chunk)
+                stats.empty += sum(not line.strip() for line in chunk)
+            for source, hyps in zip(chunk, self.nbest(chunk, options, batch_size, tokenized)):
+                yield from format_hypotheses(index, source, hyps, options.nbest, output_format)
+                index += 1
+
+
+def format_hypotheses(
+    index: int, source: str, hyps: list[tuple[str, Hypothesis]], nbest: int, output_format: str
+) -> Iterator[str]:
+    if output_format == "jsonl":
+        yield json.dumps(
+            {
+                "index": index,
+                "source": source,
+                "hypotheses": [
+                    {"text": text, "score": h.score, "log_prob": h.log_prob} for text, h in hyps
+                ],
+            },
+            ensure_ascii=False,
+        )
+    elif nbest == 1:
+        yield hyps[0][0] if hyps else ""
+    else:
+        for text, h in hyps or [("", Hypothesis([], 0.0, 0.0))]:
+            yield f"{index} ||| {text} ||| {h.score:.4f}"
+
+
+def one_line(text: str) -> str:
+    """Keep an output on one line whatever the model produced (byte pieces can decode to \\n)."""
+    return " ".join(text.split()) if any(c in text for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029") else text
+
+
+def translate_split(
+    run_dir: str | Path, data_dir: str | Path, split: str, checkpoint: str | None = None,
+    options: SearchOptions | None = None, batch_size: int = 128,
+) -> tuple[list[str], list[list[str]]]:
+    """Translate a data directory's dev or test sources; return outputs and their references."""
+    if split not in ("dev", "test"):
+        raise UsageError(f"--split must be dev or test, not {split!r}")
+    evalset = DataDir(data_dir).eval_set(split)
+    translator = Translator(str(run_dir), checkpoint)
+    outputs = translator.translate(evalset.sources, options or SearchOptions(), batch_size)
+    return outputs, evalset.references
+
+
+def interactive(translator: Translator, options: SearchOptions, console) -> None:
+    """A prompt that translates each line as it is typed (Ctrl-D ends)."""
+    console.print(f"mtkit: {translator.src.lang} → {translator.tgt.lang}; type a sentence, Ctrl-D to quit")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            console.print()
+            return
+        for text, hyp in translator.nbest([line], options)[0]:
+            print(text if options.nbest == 1 else f"{hyp.score:.4f}\t{text}", flush=True)

@@ -1,0 +1,57 @@
+"""Shared fixtures: synthetic corpora, the shared Tatoeba archive and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import make_task, write_tsv  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_ZIP = Path(os.environ.get("MTKIT_TEST_DATA") or REPO.parent / "shared" / "data" / "fra-eng.zip")
+
+
+def run_cli(*args: str, input: str | None = None, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m mtkit ARGS`` as a user would, capturing text output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mtkit", *map(str, args)],
+        input=input, capture_output=True, text=True, cwd=cwd,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"mtkit {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def fra_eng_zip() -> Path:
+    if not SHARED_ZIP.is_file():
+        pytest.skip(f"integration test: no Tatoeba archive at {SHARED_ZIP} (set DATA=... or put it in ../shared/data)")
+    return SHARED_ZIP
+
+
+@pytest.fixture(scope="session")
+def reverse_task(tmp_path_factory) -> dict[str, Path]:
+    """TSV files of a word-reversal task: train 30k, dev 200, test 200 pairs."""
+    root = tmp_path_factory.mktemp("reverse")
+    return {
+        "train": write_tsv(root / "train.tsv", make_task("reverse", 30_000, seed=1)),
+        "dev": write_tsv(root / "dev.tsv", make_task("reverse", 200, seed=2)),
+        "test": write_tsv(root / "test.tsv", make_task("reverse", 200, seed=3)),
+    }
+
+
+@pytest.fixture(scope="session")
+def reverse_data(reverse_task, tmp_path_factory) -> Path:
+    """A preprocessed data directory of the reversal task (word tokens)."""
+    out = tmp_path_factory.mktemp("reverse-data") / "data"
+    run_cli(
+        "preprocess", "--train", reverse_task["train"], "--dev", reverse_task["dev"],
+        "--test", reverse_task["test"], "--tokenizer", "word", "--min-freq", "1", "--out", out,
+    )
+    return out

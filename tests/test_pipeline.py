@@ -1,0 +1,69 @@
+"""The four commands end to end, as a user runs them."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def train_reverse(data, out, *extra):
+    run_cli(
+        "train", "--data", data, "--out", out, "--embed", "64", "--hidden", "128", "--layers", "1",
+        "--lr", "0.01", "--batch-tokens", "2000", "--max-time", "25s", "--valid-every", "150",
+        "--train.schedule", "linear", "--seed", "1", *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def reverse_run(reverse_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "luong"
+    train_reverse(reverse_data, out, "--model.attention", "luong")
+    return out
+
+
+def test_system_reverse_task_learns_to_bleu_90(reverse_run, reverse_data):
+    scores = json.loads(run_cli("evaluate", "--model", reverse_run, "--data", reverse_data, "--json").stdout)
+    assert scores["bleu"] >= 90
+
+
+def test_run_dir_holds_everything_to_translate(reverse_run):
+    names = {p.name for p in reverse_run.iterdir()}
+    assert {"config.json", "best.pt", "last.pt", "metrics.jsonl", "train.log", "vocab.en.txt", "vocab.fr.txt"} <= names
+    config = json.loads((reverse_run / "config.json").read_text())
+    assert config["model"]["attention"] == "luong"
+    assert config["data"]["tokenizer"] == "word"
+    lines = (reverse_run / "metrics.jsonl").read_text().splitlines()
+    assert all({"step", "dev_bleu", "dev_loss"} <= set(json.loads(line)) for line in lines)
+
+
+def test_translate_keeps_one_line_per_input_line(reverse_run, tmp_path):
+    text = "w1 w2 w3\n\nw4 w5 w6 w7\n   \nw8 w9 w10\n"
+    out = run_cli("translate", "--model", reverse_run, input=text).stdout
+    lines = out.split("\n")[:-1]
+    assert len(lines) == 5
+    assert lines[1] == "" and lines[3] == ""
+    assert lines[0] == "w3 w2 w1"
+    # a file gives the same as stdin, for any batch size
+    src = tmp_path / "in.txt"
+    src.write_text(text, encoding="utf-8")
+    for batch_size in ("1", "2", "64"):
+        run_cli("translate", "--model", reverse_run, src, "-o", tmp_path / "out.txt", "--batch-size", batch_size)
+        assert (tmp_path / "out.txt").read_text(encoding="utf-8") == out
+
+
+def test_training_refuses_to_overwrite_a_run(reverse_run, reverse_data):
+    result = run_cli("train", "--data", reverse_data, "--out", reverse_run, "--max-steps", "1", check=False)
+    assert result.returncode == 1
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (reverse_run / "best.pt").is_file()
+
+
+def test_same_seed_same_cpu_run(reverse_data, tmp_path):
+    for name in ("a", "b"):
+        run_cli("train", "--data", reverse_data, "--out", tmp_path / name, "--embed", "32", "--hidden", "32",
+                "--layers", "1", "--max-steps", "20", "--valid-every", "10", "--seed", "7")
+    metrics = [(tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("a", "b")]
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}  # noqa: E731
+    assert [strip(x) for x in metrics[0]] == [strip(x) for x in metrics[1]]

@@ -12,7 +12,7 @@ VENV ?= $(or $(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 MTKIT := $(BIN)/mtkit
 DATA ?=
-RECIPE ?= recipes/gru.toml
+RECIPE ?= recipes/gru-attention.toml
 WORK ?= work
 SRC ?= en
 TGT ?= fr
@@ -67,3 +67,27 @@ d2l: install
 
 clean:
 	rm -rf $(WORK) .pytest_cache
+
+# -- benchmarks: the scripts behind the README's figures (each prints its table) -------------
+BENCH ?= $(WORK)/bench
+BENCH_RECIPES ?= recipes/d2l-full.toml recipes/gru.toml recipes/lstm.toml recipes/gru-attention.toml \
+	recipes/bilstm-attention.toml recipes/gru-bahdanau.toml
+MODEL ?= $(BENCH)/recipes/gru-attention
+DATA_DIR ?= $(BENCH)/recipes/data-gru
+
+.PHONY: bench-recipes bench-train bench-decode bench-stream
+
+bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget
+	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES)
+
+bench-train: install  # the book's model (word vocabulary, fp32 and bf16) and the best recipe
+	$(MTKIT) preprocess $(DATA) --recipe recipes/d2l-full.toml --out $(BENCH)/book-data --force > /dev/null
+	$(BIN)/python benchmarks/train_speed.py --data $(BENCH)/book-data --recipe recipes/d2l-full.toml --batch-tokens 1500
+	$(MTKIT) preprocess $(DATA) --recipe $(RECIPE) --out $(BENCH)/recipe-data --force > /dev/null
+	$(BIN)/python benchmarks/train_speed.py --data $(BENCH)/recipe-data --recipe $(RECIPE) --batch-tokens 2500
+
+bench-decode: install  # needs a trained model: MODEL=RUN_DIR DATA_DIR=DATA_DIR
+	$(BIN)/python benchmarks/decode.py --model $(MODEL) --data $(DATA_DIR)
+
+bench-stream: install
+	$(BIN)/python benchmarks/stream_memory.py --model $(MODEL) --data $(DATA_DIR)

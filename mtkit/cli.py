@@ -24,7 +24,8 @@ from mtkit.errors import Interrupted, MtkitError, UsageError
 
 app = typer.Typer(
     name="mtkit",
-    help="Neural machine translation with the recurrent models of Dive into Deep Learning.",
+    help="Neural machine translation with the recurrent models of Dive into Deep Learning. "
+    "Add --debug anywhere to see the traceback of an error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -111,7 +112,7 @@ _DATA_FLAGS = {
 }
 _MODEL_FLAGS = {
     "cell", "impl", "embed", "hidden", "layers", "decoder_layers", "bidirectional", "bridge",
-    "attention", "attention_score", "dropout", "tie_embeddings",
+    "attention", "attention_score", "context_input", "dropout", "tie_embeddings",
 }
 _TRAIN_FLAGS = {
     "lr", "batch_size", "batch_tokens", "seed", "max_epochs", "max_steps", "max_time",
@@ -137,6 +138,7 @@ def train(
     bridge: Annotated[Optional[str], typer.Option(help="Decoder initial state: last (the book's hand-off), linear or zero.")] = None,
     attention: Annotated[Optional[str], typer.Option(help="none (the book's fixed context), bahdanau or luong.")] = None,
     attention_score: Annotated[Optional[str], typer.Option(help="Luong score: general or dot.")] = None,
+    context_input: Annotated[Optional[bool], typer.Option("--context-input/--no-context-input", help="Luong: also feed the book's fixed context to every decoder input.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout between RNN layers.")] = None,
     tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--no-tie-embeddings", help="Share the target embeddings with the output layer (needs embed == hidden).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -203,28 +205,77 @@ def translate(
     nbest: Annotated[int, typer.Option(help="Print the N best (N <= beam) as `index ||| hypothesis ||| score`.")] = 1,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (one JSON object per input with its n-best list).")] = "text",
     search: Annotated[str, typer.Option(help="beam, or exhaustive (tiny vocabularies only: teaching and testing).")] = "beam",
-    batch_size: Annotated[int, typer.Option(help="Sentences decoded together (results never depend on it).")] = 128,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sentences decoded together [default: 512/beam]; results never depend on it.")] = None,
     buffer: Annotated[int, typer.Option(help="Lines read and written per chunk (bounds memory).")] = 10_000,
     max_len_a: Annotated[float, typer.Option(help="Output length limit: a·(source length) + b tokens.")] = 2.0,
     max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = 10,
     no_unk: Annotated[bool, typer.Option("--no-unk", help="Never output <unk>.")] = False,
     tokenized: Annotated[bool, typer.Option("--tokenized", help="Print tokens/pieces instead of detokenised text.")] = False,
+    show_attention: Annotated[bool, typer.Option("--show-attention", help="Print each sentence's attention as a heatmap on stderr.")] = False,
+    attention_png: Annotated[Optional[Path], typer.Option(help="Save each sentence's attention heatmap as PREFIX-N.png (needs matplotlib).")] = None,
+    encoding_errors: Annotated[str, typer.Option(help="Invalid UTF-8 in the input: replace (and count) or strict (stop).")] = "replace",
+    max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (and counted).")] = 250,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast: about twice as fast on CPUs with AVX-512 bf16, scores differ slightly).")] = "fp32",
 ) -> None:
     """Translate raw text; exactly one output line per input line, in input order."""
     from mtkit.decoding import SearchOptions
-    from mtkit.fileio import open_text_input
+    from mtkit.fileio import ReadStats, read_lines
     from mtkit.translate import Translator, interactive
 
     if output_format not in ("text", "jsonl"):
         raise UsageError("--format must be text or jsonl")
+    if encoding_errors not in ("replace", "strict"):
+        raise UsageError("--encoding-errors must be replace or strict")
+    if (batch_size is not None and batch_size < 1) or buffer < 1 or max_input_len < 1:
+        raise UsageError("--batch-size, --buffer and --max-input-len must be at least 1")
     options = SearchOptions(search, beam, alpha, length_penalty, nbest, max_len_a, max_len_b, no_unk)
-    translator = Translator(model, checkpoint, device)
-    if input == "-" and sys.stdin.isatty():
-        interactive(translator, options, stderr)
+    translator = Translator(model, checkpoint, device, max_input_len, precision=precision)
+    if input == "-" and output == "-" and output_format == "text" and sys.stdin.isatty():
+        interactive(translator, options, stderr, tokenized)
         return
-    with open_text_input(input) as lines:
-        _write_lines(translator.stream(lines, options, batch_size, buffer, tokenized, output_format), output)
+    read = ReadStats()
+    lines = read_lines(input, encoding_errors, read)
+    if show_attention or attention_png:
+        outputs = _with_attention(translator, list(lines), options, tokenized, output_format, show_attention, attention_png)
+    else:
+        outputs = translator.stream(lines, options, batch_size, buffer, tokenized, output_format)
+    _write_lines(outputs, output)
+    done = translator.stats
+    notes = [
+        f"{count:,} {what}" for count, what in (
+            (read.replaced, "with invalid UTF-8 replaced"),
+            (done.truncated, f"cut to {max_input_len} tokens"),
+            (done.failed, "that could not be translated (left empty)"),
+        ) if count
+    ]
+    if notes:
+        stderr.print(f"mtkit: warning: of {done.lines:,} lines, " + "; ".join(notes), highlight=False)
+
+
+def _with_attention(
+    translator, lines: list[str], options, tokenized: bool, output_format: str, show: bool, png_prefix: Optional[Path]
+) -> list[str]:
+    """Translate ``lines``, showing (or saving) the attention behind each best translation."""
+    from mtkit.plotting import attention_weights, render_attention, save_attention_png
+    from mtkit.translate import format_hypotheses
+
+    outputs = []
+    for number, (line, hyps) in enumerate(zip(lines, translator.nbest(lines, options, tokenized=tokenized)), start=1):
+        outputs.extend(format_hypotheses(number - 1, line, hyps, options.nbest, output_format))
+        if not hyps:
+            continue
+        src_ids = translator.src.encode(line)[: translator.max_input_len]
+        tgt_ids = hyps[0][1].tokens
+        weights = attention_weights(translator.model, src_ids, tgt_ids)
+        src_tokens = translator.src.tokenizer.pieces(src_ids) + ["<eos>"]
+        tgt_tokens = translator.tgt.tokenizer.pieces(tgt_ids) + ["<eos>"]
+        if show:
+            stderr.print(f"{number}: {hyps[0][0]}", markup=False)
+            render_attention(stderr, src_tokens, tgt_tokens, weights)
+        if png_prefix:
+            save_attention_png(Path(f"{png_prefix}-{number}.png"), src_tokens, tgt_tokens, weights)
+    return outputs
 
 
 def _write_lines(lines, output: str) -> None:
@@ -250,6 +301,11 @@ def evaluate(
     split: Annotated[str, typer.Option(help="dev or test (with --model).")] = "test",
     checkpoint: Annotated[Optional[str], typer.Option(help="With --model: best (default), last or a file.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --model: also save the translations here.")] = None,
+    beam: Annotated[int, typer.Option(help="With --model: beam size (1 = greedy).")] = 1,
+    alpha: Annotated[float, typer.Option(help="With --model: length normalisation exponent.")] = 0.75,
+    length_penalty: Annotated[str, typer.Option(help="With --model: book or gnmt.")] = "book",
+    batch_size: Annotated[Optional[int], typer.Option(help="With --model: sentences decoded together [default: 512/beam].")] = None,
+    precision: Annotated[str, typer.Option(help="With --model: fp32 or bf16 decoding.")] = "fp32",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (bleu, chrf, ter, signatures).")] = False,
     book_bleu: Annotated[bool, typer.Option("--book-bleu", help="Also print the book's BLEU for every sentence.")] = False,
     book_bleu_k: Annotated[int, typer.Option(help="Longest n-gram of the book's BLEU.")] = 2,
@@ -264,7 +320,10 @@ def evaluate(
             raise UsageError("give either --model with --data, or --hyp with --ref")
         if data is None:
             raise UsageError("--model needs --data (the data directory holding the split)")
-        hypotheses, references = translate_split(model, data, split, checkpoint)
+        from mtkit.decoding import SearchOptions
+
+        options = SearchOptions(beam=beam, alpha=alpha, length_penalty=length_penalty)
+        hypotheses, references = translate_split(model, data, split, checkpoint, options, batch_size, precision)
         if output is not None:
             from mtkit.fileio import write_lines
 

@@ -23,6 +23,11 @@ def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def _range(default: Any, low: float, high: float | None = None) -> Any:
+    """A number that must lie in [low, high] (high open when None)."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
 @dataclass
 class DataConfig:
     """How ``mtkit preprocess`` turns raw pairs into a data directory."""
@@ -32,15 +37,15 @@ class DataConfig:
     reverse: bool = False
     normalize: str = _choice("clean", "clean", "book", "book-cased")
     tokenizer: str = _choice("sentencepiece", "word", "sentencepiece")
-    min_freq: int = 2
-    vocab_size: int = 8000
+    min_freq: int = _range(2, 1)
+    vocab_size: int = _range(8000, 8)
     sp_model: str = _choice("unigram", "unigram", "bpe")
     joint_vocab: bool = False
-    max_examples: int | None = None
-    max_len: int | None = None
+    max_examples: int | None = _range(None, 1)
+    max_len: int | None = _range(None, 1)
     split: str = _choice("grouped", "grouped", "ordered")
-    dev_size: int = 1000
-    test_size: int = 2000
+    dev_size: int = _range(1000, 0)
+    test_size: int = _range(2000, 0)
     seed: int = 1
 
 
@@ -50,15 +55,16 @@ class ModelConfig:
 
     cell: str = _choice("gru", "gru", "lstm")
     impl: str = _choice("fused", "fused", "scratch")
-    embed: int = 256
-    hidden: int = 256
-    layers: int = 2
-    decoder_layers: int | None = None
+    embed: int = _range(256, 1)
+    hidden: int = _range(256, 1)
+    layers: int = _range(2, 1)
+    decoder_layers: int | None = _range(None, 1)
     bidirectional: bool = False
     bridge: str = _choice("last", "last", "linear", "zero")
     attention: str = _choice("none", "none", "bahdanau", "luong")
     attention_score: str = _choice("general", "general", "dot")
-    dropout: float = 0.2
+    context_input: bool = False  # luong: also feed the book's fixed context c to the decoder
+    dropout: float = _range(0.2, 0.0, 0.99)
     tie_embeddings: bool = False
 
 
@@ -66,29 +72,29 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, batching, limits, validation and checkpoints for ``mtkit train``."""
 
-    batch_size: int | None = None
-    batch_tokens: int | None = 2000
-    lr: float = 0.005
+    batch_size: int | None = _range(None, 1)
+    batch_tokens: int | None = _range(2000, 1)
+    lr: float = _range(0.005, 0.0)
     schedule: str = _choice("constant", "constant", "linear", "inverse-sqrt", "plateau")
-    warmup: int = 0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.0
-    max_epochs: int | None = None
-    max_steps: int | None = None
+    warmup: int = _range(0, 0)
+    plateau_factor: float = _range(0.5, 0.0, 1.0)
+    plateau_patience: int = _range(2, 1)
+    clip_norm: float = _range(1.0, 0.0)
+    label_smoothing: float = _range(0.0, 0.0, 0.99)
+    max_epochs: int | None = _range(None, 1)
+    max_steps: int | None = _range(None, 1)
     max_time: float | None = None
-    truncate: int | None = None
-    valid_every: int | None = None
-    valid_beam: int = 1
+    truncate: int | None = _range(None, 2)
+    valid_every: int | None = _range(None, 1)
+    valid_beam: int = _range(1, 1)
     stop_on: str = _choice("bleu", "bleu", "chrf", "loss")
-    patience: int | None = None
-    save_every: int | None = None
-    keep_checkpoints: int = 5
+    patience: int | None = _range(None, 1)
+    save_every: int | None = _range(None, 1)
+    keep_checkpoints: int = _range(5, 0)
     seed: int = 1
     device: str = "auto"
     precision: str = _choice("auto", "auto", "fp32", "bf16", "fp16")
-    log_every: int = 100
+    log_every: int = _range(100, 1)
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -164,7 +170,10 @@ def coerce(section_cls: type, key: str, value: Any, where: str) -> Any:
             raise UsageError(f"{where} cannot be empty")
         return None
     if key == "max_time":
-        return parse_duration(value, where)
+        seconds = parse_duration(value, where)
+        if seconds <= 0:
+            raise UsageError(f"{where}: the time limit must be positive")
+        return seconds
     try:
         if base is bool:
             if isinstance(value, str):
@@ -186,11 +195,14 @@ def coerce(section_cls: type, key: str, value: Any, where: str) -> Any:
                 raise ValueError
     except ValueError:
         raise UsageError(f"{where}: expected {base.__name__}, got {value!r}") from None
-    choices = next(
-        f.metadata.get("choices") for f in dataclasses.fields(section_cls) if f.name == key
-    )
+    metadata = next(f.metadata for f in dataclasses.fields(section_cls) if f.name == key)
+    choices = metadata.get("choices")
     if choices and value not in choices:
         raise UsageError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    low, high = metadata.get("range", (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UsageError(f"{where}: {value!r} must be {bounds}")
     return value
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from mtkit.errors import DataError
-from mtkit.fileio import open_text_input
+from mtkit.fileio import read_lines as read_text
 
 
 @dataclass
@@ -86,8 +86,7 @@ def book_bleu(prediction: str, label: str, k: int = 2) -> float:
 
 def read_lines(path: str | Path) -> list[str]:
     """All lines of a text file (any line ending, BOM tolerated), without line ends."""
-    with open_text_input(path) as handle:
-        return [line.rstrip("\n") for line in handle]
+    return list(read_text(path))
 
 
 def read_references(paths: Sequence[str | Path], expected: int) -> list[list[str]]:

@@ -6,16 +6,16 @@ so a crash or a full disk never leaves a truncated file where a good one was.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
-import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -95,44 +95,77 @@ def prepare_output_dir(path: str | Path, force: bool, what: str) -> Path:
     return path
 
 
-class DecodeCounter:
-    """Counts the invalid UTF-8 sequences replaced by U+FFFD while reading a text stream."""
+@dataclass
+class ReadStats:
+    """What reading a text input had to repair."""
 
-    def __init__(self) -> None:
-        self.replaced = 0
+    lines: int = 0
+    replaced: int = 0  # lines in which invalid UTF-8 was replaced by U+FFFD
 
 
-def open_text_input(
-    source: str | Path, errors: str = "replace", counter: DecodeCounter | None = None
-) -> IO[str]:
-    """Open a file (or ``-`` for stdin) as text: UTF-8 with or without BOM, any line ending.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
-    ``errors`` is ``replace`` (invalid bytes become U+FFFD and are counted) or ``strict``.
+
+def read_lines(
+    source: str | Path, errors: str = "replace", stats: ReadStats | None = None, chunk_size: int = 1 << 16
+) -> Iterator[str]:
+    """Lines of a file, or of stdin for ``-``, without their line ends; streamed in bounded memory.
+
+    UTF-8 with or without a byte-order mark; ``\n``, ``\r\n`` or a lone ``\r`` end a line.
+    ``errors="strict"`` stops at invalid UTF-8 naming the file and line; ``"replace"`` turns it
+    into U+FFFD and counts the line in ``stats``.
     """
+    stats = stats if stats is not None else ReadStats()
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be strict or replace, not {errors!r}")
+    name = "<stdin>" if str(source) == "-" else str(source)
+    with _open_binary(source) as handle:
+        read = getattr(handle, "read1", handle.read)  # read1: what a pipe has, without waiting
+        block = b""
+        while len(block) < 3 and (more := read(chunk_size)):
+            block += more
+        block = block.removeprefix(b"\xef\xbb\xbf") or read(chunk_size)
+        partial: list[bytes] = []  # pieces of the line being read
+        held_cr = False  # the last block ended in \r, which may be the first half of \r\n
+        while block:
+            if held_cr and block.startswith(b"\n"):
+                block = block[1:]
+            held_cr = block.endswith(b"\r")
+            first, *rest = _LINE_END.split(block)
+            partial.append(first)
+            for piece in rest:
+                yield _decode(b"".join(partial), errors, stats, name)
+                partial = [piece]
+            block = read(chunk_size)
+        if any(partial):
+            yield _decode(b"".join(partial), errors, stats, name)
+
+
+def _decode(raw: bytes, errors: str, stats: ReadStats, name: str) -> str:
+    stats.lines += 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if errors == "strict":
+            raise DataError(
+                f"invalid UTF-8 at byte {exc.start + 1} (use --encoding-errors replace to repair)", name, stats.lines
+            ) from None
+        stats.replaced += 1
+        return raw.decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def _open_binary(source: str | Path) -> Iterator[BinaryIO]:
     if str(source) == "-":
-        raw: BinaryIO = sys.stdin.buffer
-    else:
-        try:
-            raw = open(source, "rb")  # noqa: SIM115 - closed with the wrapper
-        except FileNotFoundError:
-            raise DataError("file not found", source) from None
-        except IsADirectoryError:
-            raise DataError("is a directory, expected a text file", source) from None
-    handler = "strict"
-    if errors == "replace":
-        handler = _counting_handler(counter) if counter is not None else "replace"
-    # newline=None gives universal newlines: \n, \r\n and a lone \r all end a line.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=handler, newline=None)
-
-
-def _counting_handler(counter: DecodeCounter) -> str:
-    """Register (once per counter) a codec error handler that replaces and counts bad bytes."""
-    name = f"mtkit-count-{id(counter)}"
-
-    def handler(exc: UnicodeError) -> tuple[str, int]:
-        assert isinstance(exc, UnicodeDecodeError)
-        counter.replaced += 1
-        return "\ufffd", exc.end
-
-    codecs.register_error(name, handler)
-    return name
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(source, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise DataError("file not found", source) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a text file", source) from None
+    except PermissionError:
+        raise DataError("permission denied", source) from None
+    with handle:
+        yield handle

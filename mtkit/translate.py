@@ -19,57 +19,87 @@ import torch
 from mtkit.data.dataset import DataDir
 from mtkit.decoding import SearchOptions, decode
 from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.device import autocast, resolve_device, resolve_precision
 from mtkit.errors import UsageError
 from mtkit.rundir import RunDir
 
 
 @dataclass
 class TranslateStats:
+    """What translating a stream met on the way (reported on stderr)."""
+
     lines: int = 0
-    empty: int = 0
+    empty: int = 0  # empty after normalisation: an empty output line
+    truncated: int = 0  # longer than max_input_len tokens: cut before translating
+    failed: int = 0  # could not be translated: an empty output line and a warning
 
 
 class Translator:
     """A loaded model with its tokenisers, ready to translate raw sentences."""
 
-    def __init__(self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
+        max_input_len: int = 250, stats: TranslateStats | None = None, precision: str = "fp32",
+    ) -> None:
         self.run = RunDir(run_dir)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model, _ = self.run.load_model(checkpoint, self.device)
         self.src, self.tgt = self.run.processor("src"), self.run.processor("tgt")
+        self.max_input_len = max_input_len
+        self.stats = stats if stats is not None else TranslateStats()
 
     def nbest(
-        self, sentences: list[str], options: SearchOptions, batch_size: int = 128, tokenized: bool = False
+        self, sentences: list[str], options: SearchOptions, batch_size: int | None = None, tokenized: bool = False
     ) -> list[list[tuple[str, Hypothesis]]]:
         """The n-best (text, hypothesis) list of each raw sentence; an empty line gets []."""
         encoded = [self.src.encode(s) for s in sentences]
+        self.stats.lines += len(sentences)
+        self.stats.empty += sum(not ids for ids in encoded)
+        for i, ids in enumerate(encoded):
+            if len(ids) > self.max_input_len:
+                encoded[i] = ids[: self.max_input_len]
+                self.stats.truncated += 1
         wanted = [i for i, ids in enumerate(encoded) if ids]
-        found = decode(self.model, [encoded[i] for i in wanted], options, batch_size, self.device)
+        found = self._decode([encoded[i] for i in wanted], options, batch_size)
         render = self.tgt.tokens if tokenized else self.tgt.decode
         results: list[list[tuple[str, Hypothesis]]] = [[] for _ in sentences]
         for i, hyps in zip(wanted, found):
             results[i] = [(one_line(render(h.tokens)), h) for h in hyps]
         return results
 
+    def _decode(self, sources: list[list[int]], options: SearchOptions, batch_size: int) -> list[list[Hypothesis]]:
+        """Decode in batches; should a batch run out of memory, retry its sentences one by one
+        and give those that still fail no translation, so no line is ever lost or shifted."""
+        try:
+            with autocast(self.device, self.precision):
+                return decode(self.model, sources, options, batch_size, self.device)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+        # Retried outside the except block, so the failed batch's tensors are freed first.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(sources) == 1:
+            self.stats.failed += 1
+            return [[]]
+        return [self._decode([source], options, 1)[0] for source in sources]
+
     def translate(
-        self, sentences: list[str], options: SearchOptions, batch_size: int = 128, tokenized: bool = False
+        self, sentences: list[str], options: SearchOptions, batch_size: int | None = None, tokenized: bool = False
     ) -> list[str]:
         """The best translation of each raw sentence; an empty line gives an empty line."""
         return [hyps[0][0] if hyps else "" for hyps in self.nbest(sentences, options, batch_size, tokenized)]
 
     def stream(
-        self, lines: Iterable[str], options: SearchOptions, batch_size: int = 128,
+        self, lines: Iterable[str], options: SearchOptions, batch_size: int | None = None,
         buffer: int = 10_000, tokenized: bool = False, output_format: str = "text",
-        stats: TranslateStats | None = None,
     ) -> Iterator[str]:
         """Translate lines chunk by chunk, yielding output lines in input order: one per input
         (``text``, ``jsonl``), or ``nbest`` lines ``index ||| hypothesis ||| score`` per input."""
         iterator = iter(lines)
         index = 0
-        while chunk := [line.rstrip("\r\n") for line in islice(iterator, buffer)]:
-            if stats is not None:
-                stats.lines += len(chunk)
-                stats.empty += sum(not line.strip() for line in chunk)
+        while chunk := list(islice(iterator, buffer)):
             for source, hyps in zip(chunk, self.nbest(chunk, options, batch_size, tokenized)):
                 yield from format_hypotheses(index, source, hyps, options.nbest, output_format)
                 index += 1
@@ -96,6 +126,11 @@ def format_hypotheses(
             yield f"{index} ||| {text} ||| {h.score:.4f}"
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError that says so."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "allocate memory" in str(exc)
+
+
 def one_line(text: str) -> str:
     """Keep an output on one line whatever the model produced (byte pieces can decode to \\n)."""
     return " ".join(text.split()) if any(c in text for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029") else text
@@ -103,18 +138,18 @@ def one_line(text: str) -> str:
 
 def translate_split(
     run_dir: str | Path, data_dir: str | Path, split: str, checkpoint: str | None = None,
-    options: SearchOptions | None = None, batch_size: int = 128,
+    options: SearchOptions | None = None, batch_size: int | None = None, precision: str = "fp32",
 ) -> tuple[list[str], list[list[str]]]:
     """Translate a data directory's dev or test sources; return outputs and their references."""
     if split not in ("dev", "test"):
         raise UsageError(f"--split must be dev or test, not {split!r}")
     evalset = DataDir(data_dir).eval_set(split)
-    translator = Translator(str(run_dir), checkpoint)
+    translator = Translator(str(run_dir), checkpoint, precision=precision)
     outputs = translator.translate(evalset.sources, options or SearchOptions(), batch_size)
     return outputs, evalset.references
 
 
-def interactive(translator: Translator, options: SearchOptions, console) -> None:
+def interactive(translator: Translator, options: SearchOptions, console, tokenized: bool = False) -> None:
     """A prompt that translates each line as it is typed (Ctrl-D ends)."""
     console.print(f"mtkit: {translator.src.lang} → {translator.tgt.lang}; type a sentence, Ctrl-D to quit")
     while True:
@@ -123,5 +158,5 @@ def interactive(translator: Translator, options: SearchOptions, console) -> None
         except EOFError:
             console.print()
             return
-        for text, hyp in translator.nbest([line], options)[0]:
+        for text, hyp in translator.nbest([line], options, tokenized=tokenized)[0]:
             print(text if options.nbest == 1 else f"{hyp.score:.4f}\t{text}", flush=True)

@@ -48,6 +48,7 @@ CONFIGS = [
     dict(bidirectional=True, bridge="linear", layers=1),
     dict(cell="lstm", bidirectional=True, bridge="linear", decoder_layers=3, attention="luong"),
     dict(attention="bahdanau", bridge="zero"),
+    dict(attention="luong", context_input=True, attention_score="dot"),
     dict(impl="scratch", attention="luong", bidirectional=True, bridge="linear"),
 ]
 
@@ -140,3 +141,22 @@ def test_embeddings_are_not_xavier_initialised():
     model = build_model(ModelConfig(), 1000, 1000)
     std = model.encoder.embedding.weight.std().item()
     assert 0.8 < std < 1.2  # N(0, 1), the book's default; Xavier would give ~0.04
+
+
+def test_tied_embeddings_share_one_matrix_through_training_and_loading():
+    torch.manual_seed(0)
+    config = ModelConfig(embed=24, hidden=24, layers=1, attention="luong", tie_embeddings=True)
+    model = build_model(config, 30, 40)
+    assert model.generator.weight is model.decoder.embedding.weight
+    untied = build_model(ModelConfig(embed=24, hidden=24, layers=1, attention="luong"), 30, 40)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in untied.parameters()) - 40 * 24
+    src, lengths = padded_batch()
+    tgt = torch.randint(4, 40, (4, 5))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    loss, n = model(src, lengths, tgt, tgt)
+    (loss / n).backward()
+    optimizer.step()
+    reloaded = build_model(config, 30, 40)
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.generator.weight is reloaded.decoder.embedding.weight
+    torch.testing.assert_close(reloaded.generator.weight, model.decoder.embedding.weight)

@@ -10,7 +10,7 @@ from conftest import run_cli
 def train_reverse(data, out, *extra):
     run_cli(
         "train", "--data", data, "--out", out, "--embed", "64", "--hidden", "128", "--layers", "1",
-        "--lr", "0.01", "--batch-tokens", "2000", "--max-time", "25s", "--valid-every", "150",
+        "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "300", "--valid-every", "150",
         "--train.schedule", "linear", "--seed", "1", *extra,
     )
 
@@ -67,3 +67,49 @@ def test_same_seed_same_cpu_run(reverse_data, tmp_path):
     metrics = [(tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("a", "b")]
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}  # noqa: E731
     assert [strip(x) for x in metrics[0]] == [strip(x) for x in metrics[1]]
+
+
+def test_interactive_prompt_on_a_terminal(reverse_run):
+    import os
+    import pty
+    import select
+    import sys
+
+    def read_until(fd, marker, timeout=60.0):
+        seen = b""
+        while marker not in seen:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no {marker!r} in {seen!r}")
+            seen += os.read(fd, 1024)
+        return seen
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: mtkit with a terminal on stdin and stdout
+        os.execv(sys.executable, [sys.executable, "-m", "mtkit", "translate", "--model", str(reverse_run)])
+    try:
+        read_until(fd, b"> ")
+        os.write(fd, b"w1 w2 w3\n")
+        assert b"w3 w2 w1" in read_until(fd, b"> ")
+        os.write(fd, b"\x04")  # Ctrl-D ends the session
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+
+
+def test_nbest_and_jsonl_output(reverse_run):
+    text = "w1 w2 w3\n\nw4 w5\n"
+    nbest = run_cli("translate", "--model", reverse_run, "--beam", "4", "--nbest", "3", input=text).stdout.splitlines()
+    # three hypotheses per sentence; the empty line gets one empty entry
+    assert [line.split(" ||| ")[0] for line in nbest] == ["0"] * 3 + ["1"] + ["2"] * 3
+    assert nbest[3] == "1 |||  ||| 0.0000"
+    scores = [float(line.split(" ||| ")[2]) for line in nbest[:3]]
+    assert scores == sorted(scores, reverse=True)
+    best = run_cli("translate", "--model", reverse_run, "--beam", "4", input=text).stdout.splitlines()
+    assert nbest[0].split(" ||| ")[1] == best[0]
+    rows = [json.loads(line) for line in run_cli("translate", "--model", reverse_run, "--beam", "4", "--nbest", "2",
+                                                 "--format", "jsonl", input=text).stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    assert rows[1]["hypotheses"] == [] and len(rows[0]["hypotheses"]) == 2
+    assert rows[0]["hypotheses"][0]["text"] == best[0]

@@ -93,6 +93,8 @@ def preprocess(
         train_pairs = [train_pairs[i] for i in keep]
         train_src = [train_src[i] for i in keep]
         train_tgt = [train_tgt[i] for i in keep]
+        if not train_pairs:
+            raise UsageError(f"--max-len {config.max_len} removes every training pair")
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

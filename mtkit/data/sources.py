@@ -100,15 +100,18 @@ def _copy_with_progress(response, out, total: int | None, label: str, progress: 
 
 
 def read_corpus(source: str | Path | None, src_lang: str, tgt_lang: str, progress: bool = True) -> Corpus:
-    """Read pairs from the book's download (``source`` None), a ``.zip``, a TSV or two files.
+    """Read pairs from the book's download (``source`` None; cached, sha1-verified), a ``.zip``,
+    a TSV or two files.
 
     Two files are given by their common prefix: ``corpus`` means ``corpus.en`` and ``corpus.fr``
     for languages ``en`` and ``fr`` (fairseq's convention).
     """
     if source is None:
-        path = download(BOOK_URL, BOOK_SHA1, progress)
+        # MTKIT_DATA_URL names a mirror of the same archive (its sha1 is still checked).
+        url = os.environ.get("MTKIT_DATA_URL") or BOOK_URL
+        path = download(url, BOOK_SHA1, progress)
         corpus = read_zip(path)
-        corpus.origin["url"] = BOOK_URL
+        corpus.origin["url"] = url
         return corpus
     path = Path(source)
     if path.is_file():

@@ -40,7 +40,9 @@ class Vocab:
         return len(self.tokens)
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
-        return [self.index.get(token, UNK) for token in tokens]
+        """Ids of tokens; unknown tokens, and text that merely spells a special, are ``<unk>``."""
+        ids = [self.index.get(token, UNK) for token in tokens]
+        return [UNK if i < len(SPECIALS) else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.tokens[i] for i in ids]

@@ -49,6 +49,11 @@ class SearchOptions:
         if self.alpha < 0:
             raise UsageError("--alpha must be >= 0")
 
+    def batch_size(self) -> int:
+        """Sentences per batch when none is given: about 512 rows of beams, which keeps the
+        output layer's products large without slowing the beam bookkeeping."""
+        return max(16, 512 // self.beam) if self.search == "beam" else 1
+
     def max_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
         return (src_lengths.double() * self.max_len_a + self.max_len_b).floor().long().clamp(min=1)
 
@@ -68,10 +73,11 @@ def decode(
     model: Seq2Seq,
     sources: Sequence[Sequence[int]],
     options: SearchOptions,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> list[list[Hypothesis]]:
     """Translate id sequences (without ``<eos>``); n-best lists come back in input order."""
+    batch_size = batch_size or options.batch_size()
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)

@@ -33,8 +33,8 @@ def exhaustive_search(
         count = sum(len(words) ** n for n in range(limit))  # n tokens, then <eos>
         if count > MAX_SEQUENCES:
             raise UsageError(
-                f"exhaustive search would score {count:.3g} sequences (vocabulary {vocab}, "
-                f"up to {limit} tokens), more than {MAX_SEQUENCES:,}: use beam search (--beam K)"
+                f"exhaustive search would score about 10^{len(str(count)) - 1} sequences (vocabulary "
+                f"{vocab}, up to {limit} tokens), more than {MAX_SEQUENCES:,}: use beam search (--beam K)"
             )
         memory, state = model.encode(src[row : row + 1], src_lengths[row : row + 1])
         prefixes = torch.empty(1, 0, dtype=torch.int64, device=src.device)

@@ -4,8 +4,9 @@
 (search). Both return pre-output features; the output layer lives in ``Seq2Seq``.
 
 - ``none`` (the book): input [embedding; context c] at every step, c fixed for the sentence.
-- ``luong``: the RNN runs on embeddings alone, attention comes after it, so training attends
-  for all steps in one batched product: features = tanh(W_c [h_t; attn(h_t)]).
+- ``luong``: attention comes after the RNN, so training attends for all steps in one batched
+  product: features = tanh(W_c [h_t; attn(h_t)]). The RNN input is the embedding alone, or with
+  ``context_input`` also the book's fixed context c (which costs no loop and speeds learning).
 - ``bahdanau``: attention queried with the previous state feeds the RNN input, which forces a
   loop over time steps in training too: features = tanh(W_c [h_t; ctx_t]).
 """
@@ -27,11 +28,15 @@ class Decoder(nn.Module):
     def __init__(
         self, cell: str, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float,
         impl: str, memory_size: int, attention: str = "none", attention_score: str = "general",
+        context_input: bool = False,
     ) -> None:
         super().__init__()
         self.kind = attention
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD)
-        rnn_input = embed if attention == "luong" else embed + memory_size
+        # The fixed context c goes into every input step without attention (the book), and with
+        # Luong attention when asked; Bahdanau's input carries its attention context instead.
+        self.context_input = attention == "none" or (attention == "luong" and context_input)
+        rnn_input = embed if attention == "luong" and not self.context_input else embed + memory_size
         self.rnn = RNN(cell, rnn_input, hidden, layers, dropout, impl=impl)
         self.attention: LuongAttention | BahdanauAttention | None = None
         if attention == "luong":
@@ -52,9 +57,10 @@ class Decoder(nn.Module):
     def forward(self, tgt_in: Tensor, memory: Memory, state: State) -> tuple[Tensor, State]:
         """Teacher forcing over ``tgt_in`` (B, T): features (B, T, H) and the final state."""
         embedded = self.embedding(tgt_in)
+        if self.context_input:
+            embedded = torch.cat([embedded, memory.context[:, None, :].expand(-1, embedded.size(1), -1)], dim=-1)
         if self.kind == "none":
-            context = memory.context[:, None, :].expand(-1, embedded.size(1), -1)
-            return self.rnn(torch.cat([embedded, context], dim=-1), state=state)
+            return self.rnn(embedded, state=state)
         if self.kind == "luong":
             outputs, state = self.rnn(embedded, state=state)
             context, _ = self.attention(outputs, memory.keys, memory.outputs, memory.mask)
@@ -70,10 +76,11 @@ class Decoder(nn.Module):
         embedded = self.embedding(tokens)
         if self.kind == "bahdanau":
             return self._bahdanau_step(embedded, memory, state)
-        if self.kind == "none":
-            output, state = self.rnn(torch.cat([embedded, memory.context], dim=-1)[:, None], state=state)
-            return output[:, 0], state, None
+        if self.context_input:
+            embedded = torch.cat([embedded, memory.context], dim=-1)
         output, state = self.rnn(embedded[:, None], state=state)
+        if self.kind == "none":
+            return output[:, 0], state, None
         context, weights = self.attention(output, memory.keys, memory.outputs, memory.mask)
         features = torch.tanh(self.combine(torch.cat([output, context], dim=-1)))
         return features[:, 0], state, weights[:, 0]

@@ -29,13 +29,18 @@ class LinearCrossEntropy(torch.autograd.Function):
             compute = torch.get_autocast_dtype(x.device.type)
         with torch.autocast(x.device.type, enabled=False):
             x_c, w_c = x.to(compute), weight.to(compute)
-            logits = F.linear(x_c, w_c, bias.to(compute) if bias is not None else None)
+            # No bias in the product: addmm would first copy it into every row of the output;
+            # it is added chunk by chunk below, while the chunk is in cache.
+            logits = x_c @ w_c.t()
+            bias_f = bias.float() if bias is not None else None
             vocab = logits.size(1)
             rows = max(1, CHUNK_BYTES // (4 * vocab))
             total = torch.zeros((), dtype=torch.float32, device=x.device)
             for start in range(0, logits.size(0), rows):
                 chunk = logits[start : start + rows]
                 z = chunk.float()  # a view when the logits are fp32, else a cached copy
+                if bias_f is not None:
+                    z.add_(bias_f)
                 y = targets[start : start + rows, None]
                 nll = -z.gather(1, y)
                 if smoothing:
@@ -58,15 +63,15 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: Tensor):
         x_c, w_c, grad_logits = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        scale = grad_total.to(grad_logits.dtype)
-        grad_logits = grad_logits * scale
+        # The upstream gradient is a scalar: scale the small products, not the logits-sized one.
+        scale = grad_total.float()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_logits @ w_c).to(x_dtype)
+            grad_x = ((grad_logits @ w_c).float() * scale).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = (grad_logits.t() @ x_c).to(w_dtype)
+            grad_w = ((grad_logits.t() @ x_c).float() * scale).to(w_dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_logits.sum(0, dtype=torch.float32).to(b_dtype)
+            grad_b = (grad_logits.sum(0, dtype=torch.float32) * scale).to(b_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 

@@ -72,7 +72,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def numbered_checkpoints(run_dir: Path) -> list[Path]:
     """``step-N.pt`` files of a run, oldest first."""
-    return sorted(run_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    numbered = [p for p in run_dir.glob("step-*.pt") if p.stem[5:].isdigit()]
+    return sorted(numbered, key=lambda p: int(p.stem[5:]))
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,9 @@ logs and writes checkpoints; stop decisions are agreed on by all ranks every ste
 
 from __future__ import annotations
 
+import datetime
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -38,7 +40,8 @@ def init_distributed(device_type: str) -> Distributed:
     if world == 1:
         return Distributed()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # Rank 0 validates while the others wait: allow long validations.
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -50,6 +53,15 @@ def all_sum(values: list[float], info: Distributed, device: torch.device) -> lis
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def gather_objects(obj, info: Distributed) -> list:
+    """Every rank's ``obj``, in rank order (a one-element list when alone)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list = [None] * info.world
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier(info: Distributed) -> None:
@@ -68,4 +80,9 @@ def launch(nproc: int, argv: list[str]) -> int:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
         "-m", "mtkit", *argv,
     ]
-    return subprocess.run(command).returncode
+    # Ctrl-C reaches the workers directly (they save and stop); this process just waits.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.run(command).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)

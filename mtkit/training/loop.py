@@ -35,7 +35,7 @@ from mtkit.fileio import prepare_output_dir, write_json
 from mtkit.models.seq2seq import build_model, count_parameters
 from mtkit.rundir import RunDir, write_run_config
 from mtkit.training.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
-from mtkit.training.distributed import Distributed, all_sum, barrier, init_distributed, shutdown
+from mtkit.training.distributed import Distributed, all_sum, barrier, gather_objects, init_distributed, shutdown
 from mtkit.training.progress import Reporter
 from mtkit.training.schedules import Schedule
 
@@ -47,6 +47,7 @@ class Validation:
     step: int
     epoch: int
     elapsed: float
+    target_tokens: int  # trained on so far
     train_loss: float
     dev_loss: float
     dev_bleu: float
@@ -83,9 +84,8 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             if dist.enabled else self.model
         )
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, **({"fused": True} if device.type == "cuda" else {"foreach": True})
-        )
+        # The fused kernel updates all parameters in one pass over memory, on CPUs too.
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.schedule = Schedule(cfg.schedule, cfg.warmup, cfg.plateau_factor, cfg.plateau_patience)
         self.train_split = data.encoded("train")
@@ -98,9 +98,11 @@ class Trainer:
         self.target_counts = target_lengths.clamp(max=cfg.truncate) if cfg.truncate else target_lengths
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = 0.0
+        self.target_tokens = 0
         self.best_score = -math.inf  # the stop_on metric, negated for loss
         self.bad_validations = 0
         self.interrupted = 0
+        self.interrupted_at = 0.0
         self.window = _new_window()
         self.reporter = Reporter(console, run_dir / "train.log", enabled=dist.is_main)
         if state is not None:
@@ -176,37 +178,44 @@ class Trainer:
                     self.train_split.src_lengths, self.train_split.tgt_lengths, cfg.batch_tokens,
                     cfg.batch_size, cfg.seed, self.epoch, cfg.truncate, min_sentences=self.dist.world,
                 )
+                if not batches:
+                    raise MtkitError(f"{self.data.path}: the training split is empty")
+                if self.batch_in_epoch >= len(batches):  # resumed with another --nproc: next epoch
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    continue
                 for indices in batches[self.batch_in_epoch :]:
                     lr = cfg.lr * self.schedule.factor(self.step + 1, self.progress(len(batches)))
                     started = time.perf_counter()
                     loss, n_tokens, padded = self.train_step(indices, lr)
                     self.batch_in_epoch += 1
                     self.step += 1
-                    epoch_done = self.batch_in_epoch >= len(batches)
+                    epoch_done = self.batch_in_epoch == len(batches)
                     if epoch_done:
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                    self.elapsed = time.perf_counter() - clock
-                    # One message agrees on the batch's totals and on stopping, across ranks.
-                    loss, n_tokens, padded, limit, signalled = all_sum(
-                        [loss, n_tokens, padded, self.limit_reached(), bool(self.interrupted)], self.dist, self.device
+                    # One message agrees on the batch's totals, rank 0's clock and signals.
+                    loss, n_tokens, padded, elapsed, signalled = all_sum(
+                        [loss, n_tokens, padded, time.perf_counter() - clock if self.dist.is_main else 0.0,
+                         float(bool(self.interrupted))],
+                        self.dist, self.device,
                     )
+                    self.elapsed = elapsed
                     self._account(loss, int(n_tokens), int(padded), time.perf_counter() - started)
                     self.reporter.update(self.step, self.progress(len(batches)), self.window, lr, self.elapsed)
                     if self.step % cfg.log_every == 0:
                         self.reporter.log_step(self.step, self.epoch, self.window, lr, self.elapsed)
-                    stop = limit > 0
-                    if signalled:
-                        self._stop_on_signal()
+                    stop = self.limit_reached()
                     if (cfg.valid_every and self.step % cfg.valid_every == 0) or (epoch_done and not cfg.valid_every):
                         result, early_stop = self.validate(lr)
                         history.append(result)
                         last_validated = self.step
-                        if all_sum([early_stop], self.dist, self.device)[0]:
+                        if early_stop:
                             self.reporter.log(f"early stopping: no better dev {cfg.stop_on} for {cfg.patience} validations")
                             return history
-                    elif cfg.save_every and self.step % cfg.save_every == 0:
+                    elif cfg.save_every and self.step % cfg.save_every == 0 and not signalled:
                         self.save_last()
+                    if signalled:  # after a validation due at this step, so a resume misses nothing
+                        self._stop_on_signal()
                     if stop:
                         break
             if last_validated != self.step:
@@ -217,6 +226,7 @@ class Trainer:
             self.reporter.close()
 
     def _account(self, loss: float, n_tokens: int, padded: int, seconds: float) -> None:
+        self.target_tokens += n_tokens
         window = self.window
         window["loss"] += loss
         window["tokens"] += n_tokens
@@ -226,12 +236,18 @@ class Trainer:
     # -- signals ---------------------------------------------------------------------------
 
     def _catch_signals(self):
-        """SIGINT/SIGTERM finish the current step, save, and stop (see _stop_on_signal)."""
+        """SIGINT/SIGTERM finish the current step, save, and stop (see _stop_on_signal); a second
+        one stops at once."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum, _frame) -> None:
-            self.interrupted = signum
+            # A second signal stops at once, without saving; one within a few seconds of the
+            # first is ignored (torchrun forwards the terminal's Ctrl-C as a second signal).
+            if self.interrupted and time.monotonic() - self.interrupted_at > 5:
+                raise KeyboardInterrupt
+            if not self.interrupted:
+                self.interrupted, self.interrupted_at = signum, time.monotonic()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
@@ -263,34 +279,35 @@ class Trainer:
         """Score the dev set (rank 0), save checkpoints; return the result and whether to stop."""
         window = self.window
         result = Validation(
-            step=self.step, epoch=self.epoch, elapsed=round(self.elapsed, 1),
+            step=self.step, epoch=self.epoch, elapsed=round(self.elapsed, 1), target_tokens=self.target_tokens,
             train_loss=window["loss"] / window["tokens"] if window["tokens"] else math.nan,
             dev_loss=math.nan, dev_bleu=math.nan, dev_chrf=math.nan, lr=lr,
             tokens_per_second=window["tokens"] / window["time"] if window["time"] else 0.0,
             padding=1 - window["tokens"] / window["padded"] if window["padded"] else 0.0,
         )
         self.window = _new_window()
-        stop = False
+        improved = False
         if self.dist.is_main:
             options = SearchOptions(beam=self.cfg.valid_beam)
             with autocast(self.device, self.precision):
-                hyps = decode(self.model, self.dev_sources, options, batch_size=256, device=self.device)
+                hyps = decode(self.model, self.dev_sources, options, device=self.device)
             outputs = [self.tgt_proc.decode(nbest[0].tokens) for nbest in hyps]
             result.dev_bleu, result.dev_chrf = corpus_bleu_chrf(outputs, self.dev_set.references)
             result.dev_loss = self.dev_loss()
             metric = {"bleu": result.dev_bleu, "chrf": result.dev_chrf, "loss": -result.dev_loss}[self.cfg.stop_on]
             improved = metric > self.best_score
             if improved:
-                self.best_score, self.bad_validations = metric, 0
-            else:
-                self.bad_validations += 1
-            self.schedule.on_validation(improved)
-            stop = bool(self.cfg.patience and self.bad_validations >= self.cfg.patience)
-            self.save_last(best=improved)
+                self.best_score = metric
+        # Rank 0 decides; every rank updates the same schedule and early-stopping state.
+        improved = bool(all_sum([float(improved)], self.dist, self.device)[0])
+        self.bad_validations = 0 if improved else self.bad_validations + 1
+        self.schedule.on_validation(improved)
+        stop = bool(self.cfg.patience and self.bad_validations >= self.cfg.patience)
+        self.save_last(best=improved)
+        if self.dist.is_main:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(asdict(result)) + "\n")
             self.reporter.log_validation(result, improved)
-        barrier(self.dist)
         return result, stop
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -298,19 +315,20 @@ class Trainer:
     def progress_state(self) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "elapsed": self.elapsed, "best_score": self.best_score,
+            "elapsed": self.elapsed, "target_tokens": self.target_tokens, "best_score": self.best_score,
             "bad_validations": self.bad_validations,
         }
 
     def save_last(self, best: bool = False) -> None:
-        """last.pt (everything to resume), best.pt and a numbered copy for averaging."""
+        """last.pt (everything to resume), best.pt and a numbered copy for averaging. Every rank
+        calls this (each contributes its random state); rank 0 writes."""
+        rng = {"torch": gather_objects(torch.get_rng_state(), self.dist)}
+        if self.device.type == "cuda":
+            rng["cuda"] = gather_objects(torch.cuda.get_rng_state(self.device), self.dist)
         if not self.dist.is_main:
             return
         model = self.model.state_dict()
         meta = {"mtkit_version": __version__}
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(
             self.run_dir / "last.pt",
             {
@@ -334,10 +352,15 @@ class Trainer:
         progress = state["progress"]
         self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
         self.batch_in_epoch, self.elapsed = int(progress["batch_in_epoch"]), float(progress["elapsed"])
+        self.target_tokens = int(progress["target_tokens"])
         self.best_score, self.bad_validations = float(progress["best_score"]), int(progress["bad_validations"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rank, torch_states = self.dist.rank, state["rng"]["torch"]
+        if rank < len(torch_states):
+            torch.set_rng_state(torch_states[rank])
+            if "cuda" in state["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"][rank], self.device)
+        else:  # resumed with more processes than saved states
+            torch.manual_seed(self.cfg.seed + rank + 1_000_003 * self.step)
 
 
 def _new_window() -> dict[str, float]:
@@ -352,6 +375,7 @@ def train(
     dist = init_distributed(resolve_device(recipe.train.device).type)
     try:
         data = DataDir(data_dir)
+        build_model(recipe.model, 8, 8)  # refuse an impossible model before creating anything
         run_dir = Path(run_dir)
         if dist.is_main:
             prepare_output_dir(run_dir, force, "run directory")

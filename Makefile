@@ -70,15 +70,15 @@ clean:
 
 # -- benchmarks: the scripts behind the README's figures (each prints its table) -------------
 BENCH ?= $(WORK)/bench
-BENCH_RECIPES ?= recipes/d2l-full.toml recipes/gru.toml recipes/lstm.toml recipes/gru-attention.toml \
-	recipes/bilstm-attention.toml recipes/gru-bahdanau.toml
+BENCH_RECIPES ?= recipes/d2l-full.toml recipes/gru.toml recipes/lstm.toml recipes/gru-luong.toml \
+	recipes/bilstm-attention.toml recipes/gru-attention.toml
 MODEL ?= $(BENCH)/recipes/gru-attention
 DATA_DIR ?= $(BENCH)/recipes/data-gru
 
 .PHONY: bench-recipes bench-train bench-decode bench-stream
 
-bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget
-	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES)
+bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget (REUSE=1 scores finished runs)
+	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES) $(if $(REUSE),--reuse)
 
 bench-train: install  # the book's model (word vocabulary, fp32 and bf16) and the best recipe
 	$(MTKIT) preprocess $(DATA) --recipe recipes/d2l-full.toml --out $(BENCH)/book-data --force > /dev/null

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+", type=Path)
     parser.add_argument("--data", default=None, help="corpus (.zip/.tsv); default: download the book's")
     parser.add_argument("--work", type=Path, default=Path("work/bench-recipes"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="score runs already in --work instead of retraining them (delete a run to retrain it)")
     args = parser.parse_args()
     sections = {r: tomllib.loads(r.read_text())["data"] for r in args.recipes}
     split_keys = ("split", "dev_size", "test_size", "seed", "max_examples", "reverse")
@@ -45,10 +47,12 @@ def main() -> None:
         key = json.dumps(sections[recipe], sort_keys=True)
         if key not in data_dirs:
             data_dirs[key] = args.work / f"data-{recipe.stem}"
-            mtkit("preprocess", *([args.data] if args.data else []), "--recipe", recipe, "--out", data_dirs[key], "--force")
+            if not (args.reuse and (data_dirs[key] / "manifest.json").exists()):
+                mtkit("preprocess", *([args.data] if args.data else []), "--recipe", recipe, "--out", data_dirs[key], "--force")
         data = data_dirs[key]
         run = args.work / recipe.stem
-        mtkit("train", "--recipe", recipe, "--data", data, "--out", run, "--force")
+        if not (args.reuse and (run / "best.pt").exists()):
+            mtkit("train", "--recipe", recipe, "--data", data, "--out", run, "--force")
         config = json.loads((run / "config.json").read_text())
         model = config["model"]
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -307,6 +307,7 @@ def evaluate(
     batch_size: Annotated[Optional[int], typer.Option(help="With --model: sentences decoded together [default: 512/beam].")] = None,
     precision: Annotated[str, typer.Option(help="With --model: fp32 or bf16 decoding.")] = "fp32",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (bleu, chrf, ter, signatures).")] = False,
+    lowercase: Annotated[bool, typer.Option("--lowercase", "-lc", help="Case-insensitive BLEU, as sacrebleu -lc (chrF stays cased; TER is case-insensitive).")] = False,
     book_bleu: Annotated[bool, typer.Option("--book-bleu", help="Also print the book's BLEU for every sentence.")] = False,
     book_bleu_k: Annotated[int, typer.Option(help="Longest n-gram of the book's BLEU.")] = 2,
     src: Annotated[Optional[Path], typer.Option(help="Source sentences, shown beside --book-bleu scores.")] = None,
@@ -333,7 +334,7 @@ def evaluate(
             raise UsageError("give --hyp and at least one --ref (or --model and --data)")
         hypotheses = read_lines(hyp)
         references = read_references(ref, len(hypotheses))
-    scores = corpus_scores(hypotheses, references)
+    scores = corpus_scores(hypotheses, references, lowercase)
     if json_output:
         stdout.print_json(json.dumps(scores.as_dict()))
     else:

@@ -35,13 +35,16 @@ def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | No
     return [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
 
 
-def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Scores:
+def corpus_scores(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]], lowercase: bool = False
+) -> Scores:
     """Corpus BLEU, chrF and TER of detokenised ``hypotheses`` against one or more references
-    per sentence (the reference lists may differ in length)."""
+    per sentence (the reference lists may differ in length); ``lowercase`` as sacrebleu -lc,
+    which makes BLEU case-insensitive and leaves chrF cased (TER is case-insensitive already)."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     streams = reference_streams(references)
-    metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}
+    metrics = {"bleu": BLEU(lowercase=lowercase), "chrf": CHRF(), "ter": TER()}
     results = {name: metric.corpus_score(list(hypotheses), streams) for name, metric in metrics.items()}
     signatures = {name: str(metric.get_signature()) for name, metric in metrics.items()}
     return Scores(

@@ -27,14 +27,15 @@ def test_missing_references_are_skipped_not_empty():
     assert "nrefs:var" in scores.signatures["bleu"]
 
 
-def test_evaluate_equals_sacrebleu_cli(tmp_path):
+@pytest.mark.parametrize("case", [[], ["-lc"]], ids=["cased", "lowercased"])
+def test_evaluate_equals_sacrebleu_cli(tmp_path, case):
     hyp = tmp_path / "hyp.txt"
     ref = tmp_path / "ref.txt"
-    hyp.write_text("Je suis chez moi.\nIl est calme.\nElle court vite !\n", encoding="utf-8")
+    hyp.write_text("je suis chez moi.\nIl est calme.\nElle court vite !\n", encoding="utf-8")
     ref.write_text("Je suis à la maison.\nIl est calme.\nElle court !\n", encoding="utf-8")
-    ours = run_cli("evaluate", "--hyp", hyp, "--ref", ref).stdout.splitlines()
+    ours = run_cli("evaluate", "--hyp", hyp, "--ref", ref, *case).stdout.splitlines()
     theirs = subprocess.run(
-        [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-f", "text", "-m", "bleu", "chrf", "ter"],
+        [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-f", "text", "-m", "bleu", "chrf", "ter", *case],
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()
     assert [line.strip() for line in ours] == [line.strip() for line in theirs]

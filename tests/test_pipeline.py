@@ -113,3 +113,19 @@ def test_nbest_and_jsonl_output(reverse_run):
     assert [row["index"] for row in rows] == [0, 1, 2]
     assert rows[1]["hypotheses"] == [] and len(rows[0]["hypotheses"]) == 2
     assert rows[0]["hypotheses"][0]["text"] == best[0]
+
+
+def test_every_model_option_is_saved_and_rebuilt_by_translate(reverse_data, tmp_path):
+    run = tmp_path / "run"
+    options = {
+        "cell": "lstm", "impl": "scratch", "embed": "24", "hidden": "24", "layers": "1",
+        "decoder-layers": "2", "bidirectional": None, "bridge": "linear", "attention": "bahdanau",
+        "tie-embeddings": None, "dropout": "0.1",
+    }
+    args = [part for key, value in options.items() for part in ([f"--{key}"] + ([value] if value else []))]
+    run_cli("train", "--data", reverse_data, "--out", run, *args, "--max-steps", "2", "--valid-every", "2")
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["cell"] == "lstm" and model["impl"] == "scratch" and model["decoder_layers"] == 2
+    assert model["bidirectional"] and model["tie_embeddings"] and model["attention"] == "bahdanau"
+    out = run_cli("translate", "--model", run, "--beam", "3", input="w1 w2\nw3\n").stdout
+    assert len(out.splitlines()) == 2

@@ -122,3 +122,15 @@ def test_greedy_and_beam_fixed_outputs():
 
 GREEDY_EXPECTED = [[5, 5, 5, 5, 5, 6], [4] + [1] * 14, [5] * 13, [5, 5, 6]]
 BEAM_EXPECTED = [[5, 6], [], [5, 5, 6], [6]]
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_no_unk_never_emits_unk(beam):
+    from mtkit.data.vocab import UNK
+
+    model = tiny_model("luong")
+    with torch.no_grad():
+        model.generator.bias[UNK] = 20.0  # the model now loves <unk>
+    srcs = sources()
+    assert any(UNK in h[0].tokens for h in decode(model, srcs, SearchOptions(beam=beam)))
+    assert not any(UNK in h.tokens for hyps in decode(model, srcs, SearchOptions(beam=beam, nbest=beam, no_unk=True)) for h in hyps)

@@ -29,7 +29,7 @@ $(VENV)/.mtkit-installed: pyproject.toml
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
 	  echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	  $(BIN)/pip install "torch>=2.2"; \
+	  $(BIN)/pip install "torch>=2.4"; \
 	else \
 	  $(BIN)/pip install $(TORCH_CPU); \
 	fi

@@ -11,11 +11,13 @@ user would, one after the other (never concurrently: throughput is part of the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+from mtkit.config import load_recipe
 
 
 def mtkit(*args: object, capture: bool = False) -> str:
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="score runs already in --work instead of retraining them (delete a run to retrain it)")
     args = parser.parse_args()
-    sections = {r: tomllib.loads(r.read_text())["data"] for r in args.recipes}
+    sections = {r: dataclasses.asdict(load_recipe(r).data) for r in args.recipes}
     split_keys = ("split", "dev_size", "test_size", "seed", "max_examples", "reverse")
     if len({json.dumps({k: d.get(k) for k in split_keys}, sort_keys=True) for d in sections.values()}) != 1:
         sys.exit("recipes differ in their split settings: they would not be scored on the same test set")

@@ -149,7 +149,7 @@ def train(
     clip_norm: Annotated[Optional[float], typer.Option(help="Global gradient-norm clipping.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the loss.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; a CPU run with the same seed repeats exactly.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(help="Stop after N epochs.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Stop after N epochs [default: 10 when no limit is given].")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after N updates.")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 600, 90s, 10m, 1h30m.")] = None,
     valid_every: Annotated[Optional[int], typer.Option(help="Validate every N steps [default: every epoch].")] = None,
@@ -168,7 +168,7 @@ def train(
     Ctrl-C saves the state; continue with --resume RUN_DIR.
     """
     from mtkit.training.distributed import launch
-    from mtkit.training.loop import resume as resume_training, train as run_training
+    from mtkit.training.loop import LIMITS, resume as resume_training, train as run_training
 
     if nproc is not None and nproc > 1:
         argv = [a for a in sys.argv[1:] if a != "--debug"]
@@ -180,12 +180,15 @@ def train(
         return
     values = locals()
     if resume is not None:
-        if data is not None or out is not None or recipe is not None:
+        others = [k for k in ("data", "out", "recipe", *_MODEL_FLAGS, *_TRAIN_FLAGS - set(LIMITS)) if values[k] is not None]
+        if others or ctx.args:
             raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time)")
         resume_training(resume, {k: values[k] for k in ("max_steps", "max_epochs", "max_time")}, stderr)
         return
     if data is None or out is None:
         raise UsageError("give --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    if batch_size is not None and batch_tokens is not None:
+        raise UsageError("give --batch-size or --batch-tokens, not both")
     config = load_recipe(recipe)
     _apply(config, "model", {k: values[k] for k in _MODEL_FLAGS})
     _apply(config, "train", {k: values[k] for k in _TRAIN_FLAGS})
@@ -237,7 +240,9 @@ def translate(
     read = ReadStats()
     lines = read_lines(input, encoding_errors, read)
     if show_attention or attention_png:
-        outputs = _with_attention(translator, list(lines), options, tokenized, output_format, show_attention, attention_png)
+        outputs = _with_attention(
+            translator, lines, options, batch_size, buffer, tokenized, output_format, show_attention, attention_png
+        )
     else:
         outputs = translator.stream(lines, options, batch_size, buffer, tokenized, output_format)
     _write_lines(outputs, output)
@@ -254,18 +259,20 @@ def translate(
 
 
 def _with_attention(
-    translator, lines: list[str], options, tokenized: bool, output_format: str, show: bool, png_prefix: Optional[Path]
-) -> list[str]:
-    """Translate ``lines``, showing (or saving) the attention behind each best translation."""
+    translator, lines, options, batch_size: Optional[int], buffer: int, tokenized: bool, output_format: str,
+    show: bool, png_prefix: Optional[Path],
+):
+    """Translate ``lines`` (output lines as ``Translator.stream``), showing or saving the attention
+    behind each best translation."""
     from mtkit.plotting import attention_weights, render_attention, save_attention_png
     from mtkit.translate import format_hypotheses
 
-    outputs = []
-    for number, (line, hyps) in enumerate(zip(lines, translator.nbest(lines, options, tokenized=tokenized)), start=1):
-        outputs.extend(format_hypotheses(number - 1, line, hyps, options.nbest, output_format))
+    translations = translator.translations(lines, options, batch_size, buffer, tokenized)
+    for number, (line, hyps) in enumerate(translations, start=1):
+        yield from format_hypotheses(number - 1, line, hyps, options.nbest, output_format)
         if not hyps:
             continue
-        src_ids = translator.src.encode(line)[: translator.max_input_len]
+        src_ids = translator.src.encode(line)[: translator.max_input_len]  # once more: display only
         tgt_ids = hyps[0][1].tokens
         weights = attention_weights(translator.model, src_ids, tgt_ids)
         src_tokens = translator.src.tokenizer.pieces(src_ids) + ["<eos>"]
@@ -275,21 +282,18 @@ def _with_attention(
             render_attention(stderr, src_tokens, tgt_tokens, weights)
         if png_prefix:
             save_attention_png(Path(f"{png_prefix}-{number}.png"), src_tokens, tgt_tokens, weights)
-    return outputs
 
 
 def _write_lines(lines, output: str) -> None:
     """Write to stdout as lines are produced, or to a file atomically once all are done."""
-    from mtkit.fileio import atomic_write
+    from mtkit.fileio import write_lines
 
     if output == "-":
         for line in lines:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
         return
-    with atomic_write(output) as handle:
-        for line in lines:
-            handle.write(line + "\n")
+    write_lines(output, lines)
 
 
 @app.command()
@@ -358,7 +362,6 @@ def average(
 
     Translate with it: mtkit translate --model RUN_DIR --checkpoint averaged
     """
-    from mtkit import __version__
     from mtkit.rundir import RunDir
     from mtkit.training.checkpoint import average_checkpoints, numbered_checkpoints, save_checkpoint
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mtkit.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published as tomli before it joined the standard library
+    import tomli as tomllib
 
 
 def _choice(default: str, *choices: str) -> Any:

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -50,7 +50,7 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
-def write_lines(path: str | Path, lines: list[str]) -> None:
+def write_lines(path: str | Path, lines: Iterable[str]) -> None:
     with atomic_write(path) as handle:
         for line in lines:
             handle.write(line + "\n")
@@ -70,8 +70,9 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"not valid JSON ({exc})", path) from None
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)

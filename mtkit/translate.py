@@ -29,7 +29,6 @@ class TranslateStats:
     """What translating a stream met on the way (reported on stderr)."""
 
     lines: int = 0
-    empty: int = 0  # empty after normalisation: an empty output line
     truncated: int = 0  # longer than max_input_len tokens: cut before translating
     failed: int = 0  # could not be translated: an empty output line and a warning
 
@@ -39,7 +38,7 @@ class Translator:
 
     def __init__(
         self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
-        max_input_len: int = 250, stats: TranslateStats | None = None, precision: str = "fp32",
+        max_input_len: int = 250, precision: str = "fp32",
     ) -> None:
         self.run = RunDir(run_dir)
         self.device = resolve_device(device)
@@ -47,7 +46,7 @@ class Translator:
         self.model, _ = self.run.load_model(checkpoint, self.device)
         self.src, self.tgt = self.run.processor("src"), self.run.processor("tgt")
         self.max_input_len = max_input_len
-        self.stats = stats if stats is not None else TranslateStats()
+        self.stats = TranslateStats()
 
     def nbest(
         self, sentences: list[str], options: SearchOptions, batch_size: int | None = None, tokenized: bool = False
@@ -55,7 +54,6 @@ class Translator:
         """The n-best (text, hypothesis) list of each raw sentence; an empty line gets []."""
         encoded = [self.src.encode(s) for s in sentences]
         self.stats.lines += len(sentences)
-        self.stats.empty += sum(not ids for ids in encoded)
         for i, ids in enumerate(encoded):
             if len(ids) > self.max_input_len:
                 encoded[i] = ids[: self.max_input_len]
@@ -97,12 +95,18 @@ class Translator:
     ) -> Iterator[str]:
         """Translate lines chunk by chunk, yielding output lines in input order: one per input
         (``text``, ``jsonl``), or ``nbest`` lines ``index ||| hypothesis ||| score`` per input."""
+        translations = self.translations(lines, options, batch_size, buffer, tokenized)
+        for index, (source, hyps) in enumerate(translations):
+            yield from format_hypotheses(index, source, hyps, options.nbest, output_format)
+
+    def translations(
+        self, lines: Iterable[str], options: SearchOptions, batch_size: int | None = None,
+        buffer: int = 10_000, tokenized: bool = False,
+    ) -> Iterator[tuple[str, list[tuple[str, Hypothesis]]]]:
+        """(line, n-best list) for each line, translated ``buffer`` lines at a time, in input order."""
         iterator = iter(lines)
-        index = 0
         while chunk := list(islice(iterator, buffer)):
-            for source, hyps in zip(chunk, self.nbest(chunk, options, batch_size, tokenized)):
-                yield from format_hypotheses(index, source, hyps, options.nbest, output_format)
-                index += 1
+            yield from zip(chunk, self.nbest(chunk, options, batch_size, tokenized))
 
 
 def format_hypotheses(

@@ -166,6 +166,10 @@ CASES = [
     Case("hypotheses and references differ in length", lambda t, r, d: ["evaluate", "--hyp", tsv(t, b"a\nb\n", "h"), "--ref", tsv(t, b"a\n", "r")], 1, "has 1 lines but the hypotheses have 2", None),
     Case("evaluate without references", lambda t, r, d: ["evaluate", "--hyp", tsv(t, b"a\n", "h")], 2, "give --hyp and at least one --ref", None),
     Case("resume without a checkpoint", lambda t, r, d: ["train", "--resume", t], 1, "not a run directory", None),
+    Case("resume with a changed setting", lambda t, r, d: ["train", "--resume", r, "--lr", "0.1"], 2, "give only limits", None),
+    Case("resume of a finished run", lambda t, r, d: ["train", "--resume", r], 1, "already reached its limit at step 4", None),
+    Case("two batch sizes", lambda t, r, d: ["train", "--data", d, "--out", t / "run", "--batch-size", "8", "--batch-tokens", "90"], 2, "not both", "run"),
+    Case("no batch size", lambda t, r, d: ["train", "--data", d, "--out", t / "run", "--train.batch-tokens", "none"], 2, "set train.batch_tokens or train.batch_size", "run"),
 ]
 
 
@@ -185,7 +189,8 @@ def test_bad_input_gives_one_clear_line(case, tiny_run, reverse_data, tmp_path):
     assert "Traceback" not in result.stderr
     if case.output:
         assert not (tmp_path / case.output).exists()
-    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.part"))
+    leftovers = [p.name for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
+    assert not leftovers, leftovers  # atomic_write's .NAME.*.tmp, preprocess's .DIR.tmp-PID, downloads' .part
 
 
 def test_skipped_lines_are_counted_by_reason(tmp_path):

@@ -115,17 +115,24 @@ def test_nbest_and_jsonl_output(reverse_run):
     assert rows[0]["hypotheses"][0]["text"] == best[0]
 
 
-def test_every_model_option_is_saved_and_rebuilt_by_translate(reverse_data, tmp_path):
+@pytest.mark.parametrize("options", [
+    {"cell": "lstm", "impl": "scratch", "embed": 24, "hidden": 24, "layers": 1, "decoder-layers": 2,
+     "bidirectional": True, "bridge": "linear", "attention": "bahdanau", "tie-embeddings": True, "dropout": 0.1},
+    {"cell": "gru", "impl": "fused", "embed": 16, "hidden": 24, "layers": 2, "bidirectional": False,
+     "bridge": "zero", "attention": "luong", "attention-score": "dot", "context-input": True},
+], ids=["lstm-bahdanau", "gru-luong"])
+def test_every_model_option_is_saved_and_rebuilt_by_translate(reverse_data, tmp_path, options):
     run = tmp_path / "run"
-    options = {
-        "cell": "lstm", "impl": "scratch", "embed": "24", "hidden": "24", "layers": "1",
-        "decoder-layers": "2", "bidirectional": None, "bridge": "linear", "attention": "bahdanau",
-        "tie-embeddings": None, "dropout": "0.1",
-    }
-    args = [part for key, value in options.items() for part in ([f"--{key}"] + ([value] if value else []))]
+    args = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else {"bidirectional": "--unidirectional"}.get(key, f"--no-{key}"))
+        else:
+            args += [f"--{key}", str(value)]
     run_cli("train", "--data", reverse_data, "--out", run, *args, "--max-steps", "2", "--valid-every", "2")
-    model = json.loads((run / "config.json").read_text())["model"]
-    assert model["cell"] == "lstm" and model["impl"] == "scratch" and model["decoder_layers"] == 2
-    assert model["bidirectional"] and model["tie_embeddings"] and model["attention"] == "bahdanau"
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert {key.replace("-", "_"): saved[key.replace("-", "_")] for key in options} == {
+        key.replace("-", "_"): value for key, value in options.items()
+    }
     out = run_cli("translate", "--model", run, "--beam", "3", input="w1 w2\nw3\n").stdout
     assert len(out.splitlines()) == 2

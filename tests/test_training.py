@@ -113,3 +113,14 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
     assert "pip install 'mtkit[plot]'" in result.stderr
+
+
+def test_a_run_without_limits_gets_ten_epochs_recorded_in_its_config():
+    from mtkit.config import TrainConfig
+    from mtkit.training.loop import check_limits
+
+    unlimited, limited = TrainConfig(), TrainConfig(max_steps=50)
+    check_limits(unlimited)
+    check_limits(limited)
+    assert unlimited.max_epochs == 10
+    assert limited.max_epochs is None and limited.max_steps == 50

@@ -107,9 +107,6 @@ class DataDir:
         tokenizer = load_tokenizer(info["kind"], self.path / info["file"])
         return TextProcessor(lang, self.manifest["options"]["normalize"], tokenizer)
 
-    def tokenizer_files(self) -> dict[str, Path]:
-        return {side: self.path / info["file"] for side, info in self.manifest["tokenizers"].items()}
-
     def encoded(self, split: str) -> EncodedSplit:
         return EncodedSplit.load(self.path / f"{split}.ids.pt")
 
@@ -123,6 +120,8 @@ class DataDir:
 
 
 def read_text_lines(path: Path) -> list[str]:
+    """The lines of a file mtkit wrote, split on ``\n`` only: unlike ``fileio.read_lines`` (for
+    text from users) a stray ``\r`` inside a sentence stays in it, keeping files aligned."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -75,17 +75,15 @@ def preprocess(
     if not train_pairs:
         raise UsageError("the training split is empty: lower --dev-size/--test-size or add data")
 
-    def norm(text: str) -> str:
-        return normalize(text, config.normalize)
+    def normalized(pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        return [normalize(s, config.normalize) for s, _ in pairs], [normalize(t, config.normalize) for _, t in pairs]
 
-    src_tok, tgt_tok = _train_tokenizers(
-        config, [norm(s) for s, _ in train_pairs], [norm(t) for _, t in train_pairs]
-    )
+    def encode(sources: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        return [src_tok.encode(s) for s in sources], [tgt_tok.encode(t) for t in targets]
 
-    def encode(pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
-        return [src_tok.encode(norm(s)) for s, _ in pairs], [tgt_tok.encode(norm(t)) for _, t in pairs]
-
-    train_src, train_tgt = encode(train_pairs)
+    train_norm = normalized(train_pairs)
+    src_tok, tgt_tok = _train_tokenizers(config, *train_norm)
+    train_src, train_tgt = encode(*train_norm)
     filtered_long = 0
     if config.max_len is not None:
         keep = [i for i in range(len(train_pairs)) if max(len(train_src[i]), len(train_tgt[i])) <= config.max_len]
@@ -106,7 +104,7 @@ def preprocess(
         EncodedSplit.from_lists(train_src, train_tgt).save(tmp / "train.ids.pt")
         for name, data in (("dev", dev_set), ("test", test_set)):
             write_eval_set(tmp, name, config.src_lang, config.tgt_lang, data)
-            src_ids, tgt_ids = encode(data.pairs)
+            src_ids, tgt_ids = encode(*normalized(data.pairs))
             EncodedSplit.from_lists(src_ids, tgt_ids, data.groups).save(tmp / f"{name}.ids.pt")
         splits = {
             "train": {"pairs": len(train_pairs), "sources": len({s for s, _ in train_pairs})},

@@ -6,7 +6,6 @@ counted by reason, so a bad line never stops a run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from mtkit.data.normalize import clean
 from mtkit.errors import DataError, MtkitError
-from mtkit.fileio import sha256_file
+from mtkit.fileio import file_digest
 
 BOOK_URL = "http://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip"
 BOOK_SHA1 = "94646ad1522d915e7b0f9296181140edcf86a4f5"
@@ -48,18 +47,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtkit"
 
 
-def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, sha1: str, progress: bool = True) -> Path:
     """Fetch ``url`` into the cache (once), verify its sha1, return the local path."""
     target = cache_dir() / url.rsplit("/", 1)[-1]
-    if target.exists() and sha1_file(target) == sha1:
+    if target.exists() and file_digest(target, "sha1") == sha1:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
@@ -74,7 +65,7 @@ def download(url: str, sha1: str, progress: bool = True) -> Path:
             f"cannot download {url} ({reason}); pass a local copy instead, "
             "e.g. `mtkit preprocess path/to/fra-eng.zip --out DATA_DIR`"
         ) from None
-    actual = sha1_file(partial)
+    actual = file_digest(partial, "sha1")
     if actual != sha1:
         partial.unlink(missing_ok=True)
         raise MtkitError(f"download of {url} has sha1 {actual}, expected {sha1}; removed it")
@@ -153,7 +144,7 @@ def read_zip(path: Path) -> Corpus:
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as exc:
         raise DataError(f"cannot read zip archive ({exc})", path) from None
     corpus = parse_tsv(data, f"{path}:{member.filename}")
-    corpus.origin.update(path=str(path), member=member.filename, sha256=sha256_file(path))
+    corpus.origin.update(path=str(path), member=member.filename, sha256=file_digest(path))
     return corpus
 
 
@@ -170,7 +161,7 @@ def _check_not_a_bomb(path: Path, member: zipfile.ZipInfo) -> None:
 
 def read_tsv(path: Path) -> Corpus:
     corpus = parse_tsv(path.read_bytes(), str(path))
-    corpus.origin.update(path=str(path), sha256=sha256_file(path))
+    corpus.origin.update(path=str(path), sha256=file_digest(path))
     return corpus
 
 
@@ -213,7 +204,7 @@ def read_parallel_files(src_file: Path, tgt_file: Path) -> Corpus:
             corpus.dropped["invalid UTF-8"] += 1
     if not corpus.pairs:
         raise DataError(f"no usable sentence pairs ({_describe(corpus.dropped)})", src_file)
-    corpus.origin.update(sha256=sha256_file(src_file), target_sha256=sha256_file(tgt_file))
+    corpus.origin.update(sha256=file_digest(src_file), target_sha256=file_digest(tgt_file))
     return corpus
 
 

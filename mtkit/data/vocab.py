@@ -26,14 +26,12 @@ class Vocab:
             raise ValueError(f"duplicate tokens in vocabulary: {duplicates[:5]}")
 
     @classmethod
-    def build(cls, counts: Counter[str], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+    def build(cls, counts: Counter[str], min_freq: int = 1) -> Vocab:
         """Keep tokens seen at least ``min_freq`` times, most frequent first, ties by token."""
         kept = sorted(
             (t for t, n in counts.items() if n >= min_freq and t not in SPECIALS),
             key=lambda t: (-counts[t], t),
         )
-        if max_size is not None:
-            kept = kept[: max(0, max_size - len(SPECIALS))]
         return cls([*SPECIALS, *kept])
 
     def __len__(self) -> int:

@@ -60,25 +60,27 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     # Per live sentence: the score a live beam must beat to enter its n-best list.
     threshold = torch.full((batch,), float("-inf"))
+    banned = [PAD, BOS, UNK] if no_unk else [PAD, BOS]
+    vocab = model.generator.out_features
 
     step = 0
     while len(sentence):
         step += 1
-        log_probs, state, _ = model.step(prev, memory, state)
-        vocab = log_probs.size(-1)
-        log_probs[:, PAD] = log_probs[:, BOS] = float("-inf")
-        if no_unk:
-            log_probs[:, UNK] = float("-inf")
+        # A sentence's best 2K continuations are among each beam's own best 2K tokens, so only
+        # those K x 2K candidates are ranked, never all K x V.
+        width = min(2 * k, vocab - len(banned))
+        row_scores, row_tokens, eos, state = model.step_top(prev, memory, state, width, banned)
         # At a sentence's length limit only <eos> remains possible.
         at_limit = (limits <= step).to(device)
         if at_limit.any():
             forced = at_limit.repeat_interleave(k)
-            eos_scores = log_probs[forced, EOS]
-            log_probs[forced] = float("-inf")
-            log_probs[forced, EOS] = eos_scores
-        candidates = (scores[:, :, None] + log_probs.view(-1, k, vocab)).view(-1, k * vocab)
+            row_scores[forced] = float("-inf")
+            row_scores[forced, 0] = eos[forced]
+            row_tokens[forced, 0] = EOS
+        candidates = (scores[:, :, None] + row_scores.view(-1, k, width)).view(-1, k * width)
         top_scores, top_index = candidates.topk(2 * k, dim=1)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        top_beam = top_index // width
+        top_token = row_tokens.view(-1, k * width).gather(1, top_index)
         is_eos = (top_token == EOS) & (top_scores > float("-inf"))
 
         # Candidates ending in <eos> among the top K become finished hypotheses.

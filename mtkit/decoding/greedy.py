@@ -26,15 +26,13 @@ def greedy_search(
     log_probs = torch.zeros(batch, dtype=torch.float64, device=device)
     active = torch.arange(batch, device=device)  # original row of each live sentence
     prev = torch.full((batch,), BOS, dtype=torch.int64, device=device)
+    banned = [PAD, BOS, UNK] if no_unk else [PAD, BOS]
     for step in range(steps):
-        scores, state, _ = model.step(prev, memory, state)
-        scores[:, PAD] = scores[:, BOS] = float("-inf")
-        if no_unk:
-            scores[:, UNK] = float("-inf")
-        best, prev = scores.max(dim=-1)
+        best, prev, eos, state = model.step_top(prev, memory, state, 1, banned)
+        best, prev = best[:, 0], prev[:, 0]
         at_limit = limits[active] <= step + 1
         prev = torch.where(at_limit, torch.full_like(prev, EOS), prev)
-        best = torch.where(at_limit, scores[:, EOS], best)
+        best = torch.where(at_limit, eos, best)
         out[active, step] = prev
         log_probs[active] += best.double()
         finished = prev == EOS

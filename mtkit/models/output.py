@@ -1,18 +1,18 @@
-"""The output layer and its masked cross-entropy, fused into one memory-frugal operation.
+"""The output layer, fused with what follows it so the (rows × vocabulary) logits are walked once.
 
 The vocabulary-sized projection dominates a training step, and most of its cost beyond the
 matrix products is memory traffic over the (tokens × vocabulary) logits. ``LinearCrossEntropy``
 computes the logits once, then in cache-sized row chunks turns them in place into the gradient
 of the loss with respect to the logits (softmax − target distribution), which backward needs as
 it is. Unfused, log-softmax, NLL, their backward passes and a zero-filled one-hot gradient each
-walk the whole logits tensor again.
+walk the whole logits tensor again. ``top_tokens`` does the same for search: per row chunk, the
+log-normaliser and the best few tokens, never a full log-softmax.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from mtkit.data.vocab import PAD
 
@@ -88,3 +88,29 @@ def sequence_loss(
         features[keep], generator.weight, generator.bias, targets[keep], label_smoothing
     )
     return loss, int(keep.sum())
+
+
+def top_tokens(
+    features: Tensor, generator: nn.Linear, k: int, banned: list[int], extra: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` most probable tokens of each row, none of them ``banned``, with their fp32
+    log-probabilities, and the log-probability of token ``extra`` (the ``<eos>`` a search may
+    have to force). Probabilities are normalised over the whole vocabulary, banned tokens
+    included, as the model's softmax is. One matrix product for all rows; the rest runs on
+    cache-sized chunks of fp32 logits, in place."""
+    all_logits = generator(features)
+    rows = max(1, CHUNK_BYTES // (4 * all_logits.size(-1)))
+    values, tokens, extras = [], [], []
+    for part in all_logits.split(rows):
+        logits = part.float()
+        extra_logit = logits[:, extra].clone()
+        banned_logits = logits[:, banned].clone()
+        logits[:, banned] = float("-inf")
+        top, index = logits.topk(k, dim=-1)
+        logits[:, banned] = banned_logits
+        peak = logits.amax(dim=-1, keepdim=True)
+        normalizer = peak + logits.sub_(peak).exp_().sum(dim=-1, keepdim=True).log_()
+        values.append(top - normalizer)
+        tokens.append(index)
+        extras.append(extra_logit - normalizer[:, 0])
+    return torch.cat(values), torch.cat(tokens), torch.cat(extras)

@@ -16,8 +16,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from mtkit.models.cells import ScratchRNN
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
-CELLS = ("gru", "lstm")
-IMPLS = ("fused", "scratch")
 
 
 def map_state(state: State, fn) -> State:

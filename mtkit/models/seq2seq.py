@@ -6,11 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from mtkit.config import ModelConfig
+from mtkit.data.vocab import EOS
 from mtkit.errors import UsageError
 from mtkit.models.cells import ScratchRNN
 from mtkit.models.decoder import Decoder
 from mtkit.models.encoder import Encoder, Memory
-from mtkit.models.output import sequence_loss
+from mtkit.models.output import sequence_loss, top_tokens
 from mtkit.models.rnn import State, top_layer
 
 BRIDGES = ("last", "linear", "zero")
@@ -107,6 +108,16 @@ class Seq2Seq(nn.Module):
         """Log-probabilities (B, V) of the next token, the new state and attention weights."""
         features, state, weights = self.decoder.step(tokens, memory, state)
         return torch.log_softmax(self.generator(features).float(), dim=-1), state, weights
+
+    def step_top(
+        self, tokens: Tensor, memory: Memory, state: State, k: int, banned: list[int]
+    ) -> tuple[Tensor, Tensor, Tensor, State]:
+        """What a search needs of the next token, without a log-softmax over the vocabulary:
+        the ``k`` best tokens (B, k) that are not ``banned``, their log-probabilities, the
+        log-probability of ``<eos>`` (B,) and the new state."""
+        features, state, _ = self.decoder.step(tokens, memory, state)
+        log_probs, best, eos = top_tokens(features, self.generator, k, banned, EOS)
+        return log_probs, best, eos, state
 
 
 def initialize(model: nn.Module) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import threading
 import time
@@ -24,12 +23,12 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from mtkit import __version__
-from mtkit.config import Recipe, set_option
+from mtkit.config import Recipe, TrainConfig, set_option
 from mtkit.data.batching import bucket_batches, make_batch
 from mtkit.data.dataset import DataDir
 from mtkit.decoding import SearchOptions, decode
 from mtkit.device import autocast, resolve_device, resolve_precision
-from mtkit.errors import Interrupted, MtkitError
+from mtkit.errors import Interrupted, MtkitError, UsageError
 from mtkit.evaluation import corpus_bleu_chrf
 from mtkit.fileio import prepare_output_dir, write_json
 from mtkit.models.seq2seq import build_model, count_parameters
@@ -73,7 +72,6 @@ class Trainer:
         self.device = device
         self.precision = resolve_precision(cfg.precision, device)
         torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
         self.src_proc, self.tgt_proc = data.processor("src"), data.processor("tgt")
         self.model = build_model(
             recipe.model, len(self.src_proc.tokenizer.vocab), len(self.tgt_proc.tokenizer.vocab)
@@ -158,8 +156,6 @@ class Trainer:
 
     def run(self) -> list[Validation]:
         cfg = self.cfg
-        if not any(getattr(cfg, limit) for limit in LIMITS):
-            cfg.max_epochs = 10
         self.reporter.log(
             f"{'resuming at step ' + str(self.step) if self.step else 'training'}: "
             f"{count_parameters(self.model):,} parameters, {len(self.train_split):,} pairs, "
@@ -182,6 +178,7 @@ class Trainer:
                     raise MtkitError(f"{self.data.path}: the training split is empty")
                 if self.batch_in_epoch >= len(batches):  # resumed with another --nproc: next epoch
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    stop = self.limit_reached()
                     continue
                 for indices in batches[self.batch_in_epoch :]:
                     lr = cfg.lr * self.schedule.factor(self.step + 1, self.progress(len(batches)))
@@ -201,7 +198,7 @@ class Trainer:
                     )
                     self.elapsed = elapsed
                     self._account(loss, int(n_tokens), int(padded), time.perf_counter() - started)
-                    self.reporter.update(self.step, self.progress(len(batches)), self.window, lr, self.elapsed)
+                    self.reporter.update(self.step, self.progress(len(batches)), self.window)
                     if self.step % cfg.log_every == 0:
                         self.reporter.log_step(self.step, self.epoch, self.window, lr, self.elapsed)
                     stop = self.limit_reached()
@@ -367,11 +364,21 @@ def _new_window() -> dict[str, float]:
     return {"loss": 0.0, "tokens": 0, "padded": 0, "time": 0.0}
 
 
+def check_limits(cfg: TrainConfig) -> None:
+    """Settle what a run needs before it starts: a batch size and at least one limit
+    (10 epochs when none is given, recorded in config.json)."""
+    if cfg.batch_tokens is None and cfg.batch_size is None:
+        raise UsageError("set train.batch_tokens or train.batch_size")
+    if not any(getattr(cfg, limit) for limit in LIMITS):
+        cfg.max_epochs = 10
+
+
 def train(
     recipe: Recipe, data_dir: str | Path, run_dir: str | Path, force: bool = False,
     console: Console | None = None,
 ) -> list[Validation]:
     """Train a new model on ``data_dir`` into a fresh ``run_dir``."""
+    check_limits(recipe.train)
     dist = init_distributed(resolve_device(recipe.train.device).type)
     try:
         data = DataDir(data_dir)
@@ -393,6 +400,7 @@ def resume(run_dir: str | Path, limits: dict[str, Any], console: Console | None 
     for key, value in limits.items():
         if value is not None:
             set_option(recipe, f"train.{key}", value)
+    check_limits(recipe.train)
     dist = init_distributed(resolve_device(recipe.train.device).type)
     try:
         state = load_checkpoint(run.path / "last.pt")

@@ -26,7 +26,7 @@ class Reporter:
             self.task = self.bar.add_task("training", total=1.0, completed=fraction)
             self.bar.start()
 
-    def update(self, step: int, fraction: float, window: dict[str, float], lr: float, elapsed: float) -> None:
+    def update(self, step: int, fraction: float, window: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=fraction, description=f"step {step} | {_rates(window)}")
 

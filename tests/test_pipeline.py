@@ -44,12 +44,14 @@ def test_translate_keeps_one_line_per_input_line(reverse_run, tmp_path):
     assert len(lines) == 5
     assert lines[1] == "" and lines[3] == ""
     assert lines[0] == "w3 w2 w1"
-    # a file gives the same as stdin, for any batch size
+    # a file gives the same as stdin, byte for byte, for any batch size, greedy or beam
     src = tmp_path / "in.txt"
     src.write_text(text, encoding="utf-8")
-    for batch_size in ("1", "2", "64"):
-        run_cli("translate", "--model", reverse_run, src, "-o", tmp_path / "out.txt", "--batch-size", batch_size)
-        assert (tmp_path / "out.txt").read_text(encoding="utf-8") == out
+    for beam in ("1", "5"):
+        expected = out if beam == "1" else run_cli("translate", "--model", reverse_run, "--beam", beam, input=text).stdout
+        for batch_size in ("1", "7", "64"):
+            run_cli("translate", "--model", reverse_run, src, "-o", tmp_path / "out.txt", "--batch-size", batch_size, "--beam", beam)
+            assert (tmp_path / "out.txt").read_bytes() == expected.encode("utf-8")
 
 
 def test_training_refuses_to_overwrite_a_run(reverse_run, reverse_data):

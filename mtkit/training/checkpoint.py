@@ -61,7 +61,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({first[:160]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({str(exc)[:160]})") from None
+        detail = str(exc).strip().split(". ")[0][:120] or type(exc).__name__  # torch's first sentence
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({detail})") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path}: not an mtkit checkpoint")
     stored = payload.get("meta", {}).pop("checksum", None)

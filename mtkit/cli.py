@@ -219,7 +219,7 @@ def translate(
     encoding_errors: Annotated[str, typer.Option(help="Invalid UTF-8 in the input: replace (and count) or strict (stop).")] = "replace",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (and counted).")] = 250,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast: about twice as fast on CPUs with AVX-512 bf16, scores differ slightly).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast: up to twice as fast on CPUs with AVX-512 bf16, scores differ slightly).")] = "fp32",
 ) -> None:
     """Translate raw text; exactly one output line per input line, in input order."""
     from mtkit.decoding import SearchOptions

@@ -138,3 +138,13 @@ def test_every_model_option_is_saved_and_rebuilt_by_translate(reverse_data, tmp_
     }
     out = run_cli("translate", "--model", run, "--beam", "3", input="w1 w2\nw3\n").stdout
     assert len(out.splitlines()) == 2
+
+
+def test_show_attention_draws_each_translated_sentence_and_keeps_the_output(reverse_run, tmp_path):
+    text = "w1 w2 w3\n\nw4 w5\n"
+    plain = run_cli("translate", "--model", reverse_run, input=text).stdout
+    shown = run_cli("translate", "--model", reverse_run, "--show-attention", "--attention-png", tmp_path / "att",
+                    "--buffer", "2", "--batch-size", "1", input=text)
+    assert shown.stdout == plain
+    assert "1: w3 w2 w1" in shown.stderr and "3: w5 w4" in shown.stderr and "2:" not in shown.stderr
+    assert sorted(p.name for p in tmp_path.glob("att-*.png")) == ["att-1.png", "att-3.png"]

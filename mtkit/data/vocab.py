@@ -13,6 +13,11 @@ SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD, UNK, BOS, EOS = range(len(SPECIALS))
 
 
+def unspeakable(no_unk: bool = False) -> list[int]:
+    """Tokens a search never outputs: padding and <bos>, and <unk> when asked (--no-unk)."""
+    return [PAD, BOS, UNK] if no_unk else [PAD, BOS]
+
+
 class Vocab:
     """A bijection between tokens and ids; ids 0-3 are ``<pad> <unk> <bos> <eos>``."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtkit.data.vocab import BOS, EOS, PAD, UNK
+from mtkit.data.vocab import BOS, EOS, unspeakable
 from mtkit.decoding.hypothesis import Hypothesis
 from mtkit.models.rnn import map_state
 from mtkit.models.seq2seq import Seq2Seq
@@ -60,7 +60,7 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     # Per live sentence: the score a live beam must beat to enter its n-best list.
     threshold = torch.full((batch,), float("-inf"))
-    banned = [PAD, BOS, UNK] if no_unk else [PAD, BOS]
+    banned = unspeakable(no_unk)
     vocab = model.generator.out_features
 
     step = 0

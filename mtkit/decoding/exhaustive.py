@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtkit.data.vocab import BOS, EOS, PAD, UNK
+from mtkit.data.vocab import BOS, EOS, unspeakable
 from mtkit.decoding.beam import length_penalty
 from mtkit.decoding.hypothesis import Hypothesis
 from mtkit.errors import UsageError
@@ -25,7 +25,7 @@ def exhaustive_search(
     alpha: float = 0.75, penalty: str = "book", nbest: int = 1, no_unk: bool = False,
 ) -> list[list[Hypothesis]]:
     vocab = model.generator.out_features
-    banned = {PAD, BOS} | ({UNK} if no_unk else set())
+    banned = set(unspeakable(no_unk))
     words = torch.tensor([t for t in range(vocab) if t not in banned | {EOS}], device=src.device)
     results = []
     for row in range(src.size(0)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtkit.data.vocab import BOS, EOS, PAD, UNK
+from mtkit.data.vocab import BOS, EOS, PAD, unspeakable
 from mtkit.decoding.hypothesis import Hypothesis
 from mtkit.models.rnn import map_state
 from mtkit.models.seq2seq import Seq2Seq
@@ -26,7 +26,7 @@ def greedy_search(
     log_probs = torch.zeros(batch, dtype=torch.float64, device=device)
     active = torch.arange(batch, device=device)  # original row of each live sentence
     prev = torch.full((batch,), BOS, dtype=torch.int64, device=device)
-    banned = [PAD, BOS, UNK] if no_unk else [PAD, BOS]
+    banned = unspeakable(no_unk)
     for step in range(steps):
         best, prev, eos, state = model.step_top(prev, memory, state, 1, banned)
         best, prev = best[:, 0], prev[:, 0]

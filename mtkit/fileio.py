@@ -79,6 +79,43 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def check_output_dir(path: str | Path, force: bool, what: str) -> Path:
+    """Refuse an existing non-empty ``path`` unless ``force``; touch nothing either way."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise MtkitError(
+            f"{what} {path} already exists and is not empty; "
+            "choose another path or pass --force to replace it"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path, force: bool, what: str) -> Iterator[Path]:
+    """Build a directory beside ``path`` and swap it into place only when the block succeeds.
+
+    The old ``path`` (replaced only with ``force``) stays as it was until the new one is
+    complete, so a failed or interrupted rebuild loses nothing; the staging directory is
+    removed on failure.
+    """
+    path = check_output_dir(path, force, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; give the usual permissions
+    if path.exists() or path.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / "replaced")  # a rename: the old one is kept until the swap
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, path)
+
+
 def prepare_output_dir(path: str | Path, force: bool, what: str) -> Path:
     """Refuse to reuse a non-empty directory unless ``force``; with ``force`` remove it first."""
     path = Path(path)

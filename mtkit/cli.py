@@ -264,7 +264,7 @@ def _with_attention(
 ):
     """Translate ``lines`` (output lines as ``Translator.stream``), showing or saving the attention
     behind each best translation."""
-    from mtkit.plotting import attention_weights, render_attention, save_attention_png
+    from mtkit.plotting import render_attention, save_attention_png
     from mtkit.translate import format_hypotheses
 
     translations = translator.translations(lines, options, batch_size, buffer, tokenized)
@@ -272,11 +272,7 @@ def _with_attention(
         yield from format_hypotheses(number - 1, line, hyps, options.nbest, output_format)
         if not hyps:
             continue
-        src_ids = translator.src.encode(line)[: translator.max_input_len]  # once more: display only
-        tgt_ids = hyps[0][1].tokens
-        weights = attention_weights(translator.model, src_ids, tgt_ids)
-        src_tokens = translator.src.tokenizer.pieces(src_ids) + ["<eos>"]
-        tgt_tokens = translator.tgt.tokenizer.pieces(tgt_ids) + ["<eos>"]
+        src_tokens, tgt_tokens, weights = translator.attention(line, hyps[0][1].tokens)
         if show:
             stderr.print(f"{number}: {hyps[0][0]}", markup=False)
             render_attention(stderr, src_tokens, tgt_tokens, weights)
@@ -350,6 +346,40 @@ def evaluate(
             score = max(book_score(hypothesis, r, book_bleu_k) for r in refs)
             shown = f"{source} => " if source is not None else ""
             stdout.print(f"{shown}{hypothesis}, bleu,{score:.3f}")
+
+
+@app.command()
+def serve(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Run directory to serve, as RUN_DIR or NAME=RUN_DIR; repeat for more models (the first is the default).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, named when ready).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="MTKIT_API_KEY", show_envvar=True, help="Required on every request but /health (Authorization: Bearer KEY or X-API-Key: KEY).")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="Let pages from this origin call the API (repeatable); none: no CORS.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="best (default), last, or a checkpoint name, for every model.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (as in translate).")] = "fp32",
+    max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (as in translate).")] = 250,
+    threads: Annotated[Optional[int], typer.Option(help="PyTorch threads for decoding [default: PyTorch's].")] = None,
+    max_batch: Annotated[int, typer.Option(help="Sentences decoded together across requests (1: no batching).")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a decode may wait for more requests to join it.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Sentences waiting at most; past it requests get 503 + Retry-After.")] = 1024,
+    max_lines: Annotated[int, typer.Option(help="Sentences per request at most.")] = 64,
+    max_chars: Annotated[int, typer.Option(help="Characters per sentence at most.")] = 1000,
+    max_beam: Annotated[int, typer.Option(help="Largest beam a request may ask for.")] = 16,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may wait for its answer (then 504).")] = 30.0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
+) -> None:
+    """Serve models over HTTP: a JSON API (POST /translate, GET /models, GET /health, /docs) and a
+    page at / to try them on. Needs the serve extra: pip install 'mtkit[serve]'."""
+    from mtkit.serve.models import LoadOptions
+    from mtkit.serve.server import serve as run_server
+    from mtkit.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host, port, api_key, cors_origin or [], max_batch, max_wait_ms, max_queue, max_lines, max_chars, max_beam, timeout
+    )
+    load = LoadOptions(checkpoint, device, precision, max_input_len)
+    run_server(model, settings, load, threads, access_log, log=lambda line: stderr.print(line, markup=False))
 
 
 @app.command()

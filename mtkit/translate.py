@@ -108,6 +108,15 @@ class Translator:
         while chunk := list(islice(iterator, buffer)):
             yield from zip(chunk, self.nbest(chunk, options, batch_size, tokenized))
 
+    def attention(self, line: str, tgt_ids: list[int]) -> tuple[list[str], list[str], torch.Tensor]:
+        """The attention behind translating ``line`` as ``tgt_ids``: the source and output pieces
+        (each ending in ``<eos>``) and a (outputs, sources) matrix of weights."""
+        from mtkit.plotting import attention_weights
+
+        src_ids = self.src.encode(line)[: self.max_input_len]
+        weights = attention_weights(self.model, src_ids, tgt_ids)
+        return self.src.tokenizer.pieces(src_ids) + ["<eos>"], self.tgt.tokenizer.pieces(tgt_ids) + ["<eos>"], weights
+
 
 def format_hypotheses(
     index: int, source: str, hyps: list[tuple[str, Hypothesis]], nbest: int, output_format: str

@@ -55,3 +55,15 @@ def reverse_data(reverse_task, tmp_path_factory) -> Path:
         "--test", reverse_task["test"], "--tokenizer", "word", "--min-freq", "1", "--out", out,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(reverse_data, tmp_path_factory) -> Path:
+    """A small attention model of the reversal task (trained in seconds), for serving tests."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_cli(
+        "train", "--data", reverse_data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
+        "--attention", "luong", "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "60",
+        "--valid-every", "60", "--seed", "1",
+    )
+    return out

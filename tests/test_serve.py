@@ -24,18 +24,6 @@ LINES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_run(reverse_data, tmp_path_factory):
-    """A small model of the reversal task with attention (trained in seconds)."""
-    out = tmp_path_factory.mktemp("serve") / "run"
-    run_cli(
-        "train", "--data", reverse_data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
-        "--attention", "luong", "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "60",
-        "--valid-every", "60", "--seed", "1",
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
 def server(tiny_run):
     with ServerProcess("--model", f"tiny={tiny_run}") as running:
@@ -110,16 +98,15 @@ def test_outputs_equal_mtkit_translate(server, tiny_run, tmp_path, options):
     assert answer["translations"] == [r["hypotheses"][0]["text"] if r["hypotheses"] else "" for r in records]
     if "nbest" in options:  # scores too, to the last bit
         assert answer["nbest"] == [r["hypotheses"] for r in records]
-    text = offline(tiny_run, tmp_path, LINES, *flags) if "nbest" not in options else None
-    if text is not None:
-        assert "".join(t + "\n" for t in answer["translations"]) == text
+    if not options:  # byte for byte, as written to a file
+        assert "".join(t + "\n" for t in answer["translations"]) == offline(tiny_run, tmp_path, LINES)
 
 
 def test_concurrent_requests_are_batched_and_still_equal(server, tiny_run, tmp_path):
     lines = sentences(24, seed=5)
     expected = offline(tiny_run, tmp_path, lines).splitlines()
     before = server.call("/stats").json()
-    busy = threading.Thread(target=server.call, args=("/translate", {"text": sentences(64, 6, (40, 60)), "beam": 8}))
+    busy = threading.Thread(target=server.call, args=("/translate", {"text": sentences(64, 6, (20, 30)), "beam": 8}))
     busy.start()  # keeps the decoder busy while the single-sentence requests queue up behind it
     _wait_for(lambda: server.call("/stats").json()["decoding"])
     with ThreadPoolExecutor(len(lines)) as pool:
@@ -193,7 +180,7 @@ def test_no_cors_headers_unless_asked(server):
 
 def test_queue_full_answers_503_with_retry_after(tiny_run):
     with ServerProcess("--model", tiny_run, "--max-queue", "1", "--max-batch", "1") as server:
-        busy = threading.Thread(target=server.call, args=("/translate", {"text": sentences(64, 7, (60, 80)), "beam": 16}))
+        busy = threading.Thread(target=server.call, args=("/translate", {"text": sentences(64, 7, (20, 30)), "beam": 8}))
         busy.start()
         _wait_for(lambda: server.call("/stats").json()["decoding"])
         with ThreadPoolExecutor(1) as pool:
@@ -258,17 +245,17 @@ def test_missing_extra_says_how_to_install(tiny_run):
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(tiny_run, tmp_path):
-    work = [sentences(64, seed, (30, 50)) for seed in (11, 12, 13)]
+    work = [sentences(32, seed, (20, 30)) for seed in (11, 12)]
     server = ServerProcess("--model", tiny_run)
     with ThreadPoolExecutor(len(work)) as pool:
         replies = [pool.submit(server.call, "/translate", {"text": lines, "beam": 4}) for lines in work]
         _wait_for(lambda: server.call("/stats").json()["decoding"])
         assert server.stop() == 0
         answers = [r.result() for r in replies]
-    assert [a.status for a in answers] == [200, 200, 200]
-    for lines, answer in zip(work, answers):
-        assert answer.json()["translations"] == offline(tiny_run, tmp_path, lines, "--beam", "4").splitlines()
-    assert "stopped after 3 requests" in "".join(server.log)
+    assert [a.status for a in answers] == [200, 200]
+    expected = offline(tiny_run, tmp_path, work[0] + work[1], "--beam", "4").splitlines()
+    assert answers[0].json()["translations"] + answers[1].json()["translations"] == expected
+    assert "stopped after 2 requests" in "".join(server.log)
     with pytest.raises(OSError):
         call(server.url, "/health", timeout=5)
 

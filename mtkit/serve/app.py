@@ -182,6 +182,9 @@ async def _read_body(request: Request, settings: ServeSettings) -> bytes:
     too_big = ApiError(413, "body_too_large", f"the request body exceeds {limit:,} bytes", limit="max_body_bytes", allowed=limit)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
+        if int(declared) <= 8 * limit:  # read it anyway: closing on unread data would reset the answer
+            async for _ in request.stream():
+                pass
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -125,7 +125,9 @@ function card(source, index, data) {
     box.append(el("h3", "", "Attention (rows: output tokens, columns: source tokens)"));
     const scroll = el("div", "heatmap-scroll");
     scroll.append(heatmap(attention));
-    box.append(scroll);
+    const legend = el("div", "legend");
+    legend.append(el("span", "", "0"), el("span", "bar"), el("span", "", "1"));
+    box.append(scroll, legend);
   }
   return box;
 }

@@ -4,6 +4,7 @@
 #   make test                               the fast test suite (CI runs this)
 #   make d2l DATA=...                       the book's exact run and its four example sentences
 #   make recipe-NAME DATA=...               the pipeline for recipes/NAME.toml
+#   make install-browser                    Debian's chromium, for the browser test of `mtkit serve`
 #
 # DATA empty means: download the book's fra-eng.zip (cached under ~/.cache/mtkit).
 
@@ -20,7 +21,7 @@ NAME = $(basename $(notdir $(RECIPE)))
 # No CUDA here: take PyTorch's CPU build instead of PyPI's multi-GB CUDA one.
 TORCH_CPU = torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu --retries 1
 
-.PHONY: install test test-slow demo d2l pipeline clean
+.PHONY: install install-browser test test-slow demo d2l pipeline clean
 
 install: $(VENV)/.mtkit-installed
 
@@ -35,6 +36,15 @@ $(VENV)/.mtkit-installed: pyproject.toml
 	fi
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
+
+# The browser test of the page at / drives Debian's chromium with Playwright; without it the
+# test is skipped, saying why. Needs root and apt-get; does nothing where chromium exists.
+install-browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "install-browser: could not install chromium; the browser test will be skipped"; \
+	else echo "install-browser: no chromium and no root apt-get; the browser test will be skipped"; fi
 
 test: install
 	MTKIT_TEST_DATA="$(DATA)" $(BIN)/python -m pytest -q -m "not slow"
@@ -75,7 +85,7 @@ BENCH_RECIPES ?= recipes/d2l-full.toml recipes/gru.toml recipes/lstm.toml recipe
 MODEL ?= $(BENCH)/recipes/gru-attention
 DATA_DIR ?= $(BENCH)/recipes/data-gru
 
-.PHONY: bench-recipes bench-train bench-decode bench-stream
+.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve
 
 bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget (REUSE=1 scores finished runs)
 	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES) $(if $(REUSE),--reuse)
@@ -91,3 +101,9 @@ bench-decode: install  # needs a trained model: MODEL=RUN_DIR DATA_DIR=DATA_DIR
 
 bench-stream: install
 	$(BIN)/python benchmarks/stream_memory.py --model $(MODEL) --data $(DATA_DIR)
+
+# `mtkit serve` under 1, 8 and 64 concurrent clients, greedy and beam 5, batching on and off,
+# against offline translation of the same sentences (about 8 minutes with LOAD_SECONDS=30).
+LOAD_SECONDS ?= 30
+bench-serve: install
+	$(BIN)/python benchmarks/serve_load.py --model $(MODEL) --data $(DATA_DIR) --seconds $(LOAD_SECONDS)

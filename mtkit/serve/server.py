@@ -43,10 +43,10 @@ def serve(
 
     def load_models() -> None:  # on the decode thread, while the server already answers /health
         try:
-            if threads:
-                import torch
+            import torch
 
-                torch.set_num_threads(threads)
+            # Set here: the thread that decodes is the one whose thread count matters.
+            torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
             for model in models:
                 model.load(load)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread

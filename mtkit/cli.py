@@ -356,7 +356,7 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option(envvar="MTKIT_API_KEY", show_envvar=True, help="Required on every request but /health (Authorization: Bearer KEY or X-API-Key: KEY).")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(help="Let pages from this origin call the API (repeatable); none: no CORS.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="best (default), last, or a checkpoint name, for every model.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (as in translate).")] = "fp32",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (as in translate).")] = 250,
     threads: Annotated[Optional[int], typer.Option(help="PyTorch threads for decoding [default: one fewer than PyTorch's, leaving a core to HTTP].")] = None,

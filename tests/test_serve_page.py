@@ -49,3 +49,20 @@ def test_page_translates_and_draws_the_attention(browser, tiny_run):
         assert [cells[i : i + width] for i in range(0, len(cells), width)] == attention["weights"]
         assert "error" not in page.get_attribute("#status", "class")
         page.close()
+
+
+def test_page_behind_an_api_key(browser, tiny_run):
+    """With --api-key the browser's login prompt takes the key (as the password); the page's
+    own requests then carry it."""
+    with ServerProcess("--model", tiny_run, "--api-key", "s3cret") as server:
+        assert server.call("/").headers["www-authenticate"].startswith("Basic")
+        context = browser.new_context(http_credentials={"username": "me", "password": "s3cret"})
+        page = context.new_page()
+        assert page.goto(server.url).status == 200
+        page.wait_for_selector("#model option", state="attached")
+        page.fill("#source", "w5 w6 w7")
+        page.click("#translate")
+        page.wait_for_selector(".result .translation")
+        expected = server.call("/translate", {"text": ["w5 w6 w7"], "beam": 5, "nbest": 5}, headers={"X-API-Key": "s3cret"})
+        assert page.inner_text(".result .translation") == expected.json()["translations"][0]
+        context.close()

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -119,7 +119,7 @@ def _add_routes(app: FastAPI, state: State) -> None:
         return lambda: Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
 
     for path in pages:
-        app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+        app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
 
     @app.get("/health", summary="Ready once every model is loaded (503 before)")
     def health() -> JSONResponse:
@@ -268,14 +268,16 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 class Guard:
     """Pure ASGI middleware: refuses requests without the API key (except /health) and, on a
-    loopback-only server, requests whose Host is not this machine (DNS rebinding)."""
+    loopback server without a key, requests whose Host is not this machine."""
 
     LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
     def __init__(self, app, settings: ServeSettings) -> None:
         self.app = app
         self.key = settings.api_key.encode() if settings.api_key else None
-        self.hosts = (self.LOCAL_HOSTS | {settings.host.strip("[]")}) if settings.loopback else None
+        # Without a key, a loopback server could be reached from a web page through DNS
+        # rebinding: answer only requests addressed to this machine by name or address.
+        self.hosts = self.LOCAL_HOSTS | {settings.host.strip("[]")} if settings.loopback and not self.key else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":

@@ -36,7 +36,7 @@ class LoadOptions:
     """How every model is loaded: the options of ``mtkit translate`` that apply."""
 
     checkpoint: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     precision: str = "fp32"
     max_input_len: int = 250
 

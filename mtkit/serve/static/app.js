@@ -10,17 +10,10 @@ const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253
 let models = [];
 let limits = { max_lines: 64, max_beam: 16 };
 
-function headers() {
-  const key = sessionStorage.getItem("mtkit-api-key");
-  const h = { "Content-Type": "application/json" };
-  if (key) h["X-API-Key"] = key;
-  return h;
-}
-
+// With --api-key the browser asked for the key before showing this page, and sends it along.
 async function api(path, body) {
-  const response = await fetch(path, body === undefined ? { headers: headers() }
-    : { method: "POST", headers: headers(), body: JSON.stringify(body) });
-  if (response.status === 401) $("key-box").hidden = false;
+  const response = await fetch(path, body === undefined ? {}
+    : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const data = await response.json();
   if (!response.ok) throw new Error(data.message || response.statusText);
   return data;
@@ -166,8 +159,4 @@ $("source").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) translate();
 });
 $("model").addEventListener("change", showModel);
-$("api-key").addEventListener("change", (event) => {
-  sessionStorage.setItem("mtkit-api-key", event.target.value);
-  loadModels();
-});
 loadModels();

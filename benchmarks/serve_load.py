@@ -54,24 +54,28 @@ async def client(url: str, start: int, step: int, sentences: list[str], expected
                  until: float, load: Load) -> None:
     """One closed-loop client on one keep-alive connection: sentences start, start+step, ..."""
     parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     head = f"POST /translate HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     index = start
-    try:
-        while time.perf_counter() < until:
-            i = index % len(sentences)
-            body = json.dumps({"text": [sentences[i]], "beam": beam}).encode()
-            sent = time.perf_counter()
+    while time.perf_counter() < until:
+        i = index % len(sentences)
+        index += step
+        body = json.dumps({"text": [sentences[i]], "beam": beam}).encode()
+        sent = time.perf_counter()
+        try:
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             status, answer = await _response(reader)
-            load.latencies.append(time.perf_counter() - sent)
-            if status != 200:
-                load.failed += 1
-            elif json.loads(answer)["translations"] != [expected[i]]:
-                load.wrong += 1
-            index += step
-    finally:
-        writer.close()
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):  # a lost connection counts as failed
+            load.failed += 1
+            writer.close()
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            continue
+        load.latencies.append(time.perf_counter() - sent)
+        if status != 200:
+            load.failed += 1
+        elif json.loads(answer)["translations"] != [expected[i]]:
+            load.wrong += 1
+    writer.close()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:

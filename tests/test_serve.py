@@ -109,6 +109,7 @@ def test_concurrent_requests_are_batched_and_still_equal(server, tiny_run, tmp_p
     busy = threading.Thread(target=server.call, args=("/translate", {"text": sentences(64, 6, (20, 30)), "beam": 8}))
     busy.start()  # keeps the decoder busy while the single-sentence requests queue up behind it
     _wait_for(lambda: server.call("/stats").json()["decoding"])
+    assert server.call("/health").status == 200  # decoding runs off the event loop
     with ThreadPoolExecutor(len(lines)) as pool:
         answers = list(pool.map(lambda line: server.call("/translate", {"text": [line]}).json(), lines))
     busy.join()
@@ -194,6 +195,15 @@ def test_queue_full_answers_503_with_retry_after(tiny_run):
         busy.join()
         assert server.call("/translate", {"text": ["w3 w4"]}).status == 200
         assert server.call("/stats").json()["rejected_queue_full"] == 1
+
+
+def test_request_timeout_answers_504(tiny_run):
+    with ServerProcess("--model", tiny_run, "--timeout", "0.2") as server:
+        slow = server.call("/translate", {"text": sentences(64, 8, (30, 40)), "beam": 16})
+        assert slow.status == 504, slow.body
+        assert slow.json()["error"] == "timeout" and slow.json()["limit"] == "timeout"
+        _wait_for(lambda: not server.call("/stats").json()["decoding"])
+        assert server.call("/translate", {"text": ["w1 w2"]}).status == 200
 
 
 def test_api_key_and_cors_origin(tiny_run):

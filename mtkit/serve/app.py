@@ -97,7 +97,6 @@ def create_app(state: State) -> FastAPI:
         title="mtkit", version=__version__,
         description="Neural machine translation with mtkit's models: POST /translate, GET /models, GET /health.",
     )
-    app.state.mtkit = state
     _add_error_handlers(app)
     _add_routes(app, state)
     app.add_middleware(Guard, settings=state.settings)
@@ -116,24 +115,28 @@ def _add_routes(app: FastAPI, state: State) -> None:
 
     def page(path: str):
         body, kind = pages[path]
-        return lambda: Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+        async def send_page() -> Response:
+            return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+        return send_page
 
     for path in pages:
         app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
 
     @app.get("/health", summary="Ready once every model is loaded (503 before)")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"status": "ready", "models": list(state.models)})
 
     @app.get("/models", summary="The models served: languages, settings, parameters, best dev BLEU")
-    def models() -> JSONResponse:
+    async def models() -> JSONResponse:
         _require_ready(state)
         return JSONResponse({"default": state.default, "limits": _limits(state.settings), "models": [m.info for m in state.models.values()]})
 
     @app.get("/stats", summary="Requests served, decodes and how many requests each decode served")
-    def stats() -> JSONResponse:
+    async def stats() -> JSONResponse:
         return JSONResponse({"uptime_seconds": round(time.time() - state.started, 1), **state.batcher.stats()})
 
     @app.post(

@@ -359,7 +359,7 @@ def serve(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (as in translate).")] = "fp32",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (as in translate).")] = 250,
-    threads: Annotated[Optional[int], typer.Option(help="PyTorch threads for decoding [default: one fewer than PyTorch's, leaving a core to HTTP].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="PyTorch threads for decoding [default: PyTorch's, as translate; another count can change scores in the last digits].")] = None,
     max_batch: Annotated[int, typer.Option(help="Sentences decoded together across requests (1: no batching).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a decode may wait for more requests to join it.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Sentences waiting at most; past it requests get 503 + Retry-After.")] = 1024,

@@ -43,10 +43,10 @@ def serve(
 
     def load_models() -> None:  # on the decode thread, while the server already answers /health
         try:
-            import torch
+            if threads:  # set on the thread that decodes, the one whose thread count matters
+                import torch
 
-            # Set here: the thread that decodes is the one whose thread count matters.
-            torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
+                torch.set_num_threads(threads)
             for model in models:
                 model.load(load)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread

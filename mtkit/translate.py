@@ -19,8 +19,9 @@ import torch
 from mtkit.data.dataset import DataDir
 from mtkit.decoding import SearchOptions, decode
 from mtkit.decoding.hypothesis import Hypothesis
-from mtkit.device import autocast, resolve_device, resolve_precision
+from mtkit.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from mtkit.errors import UsageError
+from mtkit.models.quantize import QUANTIZATIONS, quantize_int8
 from mtkit.rundir import RunDir
 
 
@@ -38,15 +39,24 @@ class Translator:
 
     def __init__(
         self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
-        max_input_len: int = 250, precision: str = "fp32",
+        max_input_len: int = 250, precision: str = "fp32", quantize: str = "none",
     ) -> None:
+        keep_freed_memory()
         self.run = RunDir(run_dir)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model, _ = self.run.load_model(checkpoint, self.device)
+        if quantize not in QUANTIZATIONS:
+            raise UsageError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)}")
+        if quantize == "int8":
+            if self.device.type != "cpu":
+                raise UsageError("--quantize int8 is for CPUs; on a GPU use --precision bf16 or fp16")
+            quantize_int8(self.model)
         self.src, self.tgt = self.run.processor("src"), self.run.processor("tgt")
         self.max_input_len = max_input_len
         self.stats = TranslateStats()
+        # On a CPU, one search thread per core (see ``decode``); a GPU takes the batches in turn.
+        self.workers = torch.get_num_threads() if self.device.type == "cpu" else 1
 
     def nbest(
         self, sentences: list[str], options: SearchOptions, batch_size: int | None = None, tokenized: bool = False
@@ -71,7 +81,7 @@ class Translator:
         and give those that still fail no translation, so no line is ever lost or shifted."""
         try:
             with autocast(self.device, self.precision):
-                return decode(self.model, sources, options, batch_size, self.device)
+                return decode(self.model, sources, options, batch_size, self.device, self.workers)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if not _out_of_memory(exc):
                 raise

@@ -7,7 +7,9 @@ search code only needs ``Seq2Seq.encode`` and ``Seq2Seq.step``, whatever the enc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,26 +70,54 @@ def search_batch(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, o
     return beam_search(model, src, src_lengths, limits, options.beam, options.alpha, options.length_penalty, options.nbest, options.no_unk)
 
 
-@torch.no_grad()
 def decode(
     model: Seq2Seq,
     sources: Sequence[Sequence[int]],
     options: SearchOptions,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
+    workers: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Translate id sequences (without ``<eos>``); n-best lists come back in input order."""
+    """Translate id sequences (without ``<eos>``); n-best lists come back in input order.
+
+    ``workers`` > 1 searches that many batches at once, in threads that each run PyTorch's ops
+    on one core (CPU translation: the ops release the GIL, and a decoder step's many small ops
+    gain little from being split across cores). Each thread runs under the caller's autocast.
+    """
     batch_size = batch_size or options.batch_size()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    device_type = torch.device(device).type
+    amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+    def search(batch: list[int]) -> list[list[Hypothesis]]:
+        with torch.inference_mode(), torch.autocast(device_type, dtype=amp[1], enabled=amp[0]):
+            src, src_lengths = pad_sequences([torch.as_tensor(sources[i], dtype=torch.int64) for i in batch], EOS)
+            return search_batch(model, src.to(device), src_lengths.to(device), options)
+
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
-    results: list[list[Hypothesis]] = [[] for _ in sources]
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            src, src_lengths = pad_sequences([torch.as_tensor(sources[i], dtype=torch.int64) for i in chunk], EOS)
-            for i, hyps in zip(chunk, search_batch(model, src.to(device), src_lengths.to(device), options)):
-                results[i] = hyps
+        if workers > 1 and len(batches) > 1:
+            with one_thread_per_op(), ThreadPoolExecutor(min(workers, len(batches))) as pool:
+                found = list(pool.map(search, batches))
+        else:
+            found = [search(batch) for batch in batches]
     finally:
         model.train(was_training)
+    results: list[list[Hypothesis]] = [[] for _ in sources]
+    for batch, hyps in zip(batches, found):
+        for i, h in zip(batch, hyps):
+            results[i] = h
     return results
+
+
+@contextmanager
+def one_thread_per_op() -> Iterator[None]:
+    """Run PyTorch's CPU ops on the calling thread alone, for the duration (process-wide)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

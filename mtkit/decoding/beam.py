@@ -29,7 +29,7 @@ def length_penalty(length: float | Tensor, alpha: float, kind: str = "book"):
     raise ValueError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(
     model: Seq2Seq,
     src: Tensor,

@@ -19,7 +19,7 @@ from mtkit.models.seq2seq import Seq2Seq
 MAX_SEQUENCES = 1_000_000
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def exhaustive_search(
     model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor,
     alpha: float = 0.75, penalty: str = "book", nbest: int = 1, no_unk: bool = False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -41,7 +42,14 @@ class LuongAttention(nn.Module):
 
 
 class BahdanauAttention(nn.Module):
-    """score(q, k) = vᵀ tanh(W_q q + W_k k); the query is the decoder state before each step."""
+    """score(q, k) = vᵀ tanh(W_q q + W_k k); the query is the decoder state before each step.
+
+    Computed as (2v)ᵀ σ(2 W_q q + 2 W_k k): since tanh(a) = 2σ(2a) − 1, that differs from the
+    score only by Σv, the same for every source position, which the softmax ignores. The keys
+    are stored doubled (``keys``). The weights are the same; the work per decoder step is an
+    addition and a sigmoid over (source positions × units) instead of PyTorch's tanh, a slow
+    kernel on CPUs, and its largest elementwise cost there.
+    """
 
     def __init__(self, query_size: int, memory_size: int, attention_size: int) -> None:
         super().__init__()
@@ -50,10 +58,10 @@ class BahdanauAttention(nn.Module):
         self.v = nn.Linear(attention_size, 1, bias=False)
 
     def keys(self, memory: Tensor) -> Tensor:
-        return self.key_proj(memory)
+        return self.key_proj(memory) * 2
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``query`` (B, Q) → context (B, C) and weights (B, S)."""
-        scores = self.v(torch.tanh(keys + self.query_proj(query)[:, None, :])).squeeze(-1)
-        weights = masked_softmax(scores, mask)
+        hidden = (keys + self.query_proj(query)[:, None, :] * 2).sigmoid_()
+        weights = masked_softmax(F.linear(hidden, self.v.weight * 2).squeeze(-1), mask)
         return torch.bmm(weights[:, None, :], values).squeeze(1), weights

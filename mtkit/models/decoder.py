@@ -49,8 +49,13 @@ class Decoder(nn.Module):
         self.output_size = hidden
 
     def prepare(self, memory: Memory) -> Memory:
-        """Project the attention keys once per source batch."""
+        """Project the attention keys once per source batch. In search under autocast, the
+        attention values are cast to its dtype here once, not at every step (training keeps the
+        per-step casts, whose gradients add up in fp32)."""
         if self.attention is not None:
+            device = memory.outputs.device.type
+            if not torch.is_grad_enabled() and torch.is_autocast_enabled(device):
+                memory.outputs = memory.outputs.to(torch.get_autocast_dtype(device))
             memory.keys = self.attention.keys(memory.outputs)
         return memory
 
@@ -78,15 +83,15 @@ class Decoder(nn.Module):
             return self._bahdanau_step(embedded, memory, state)
         if self.context_input:
             embedded = torch.cat([embedded, memory.context], dim=-1)
-        output, state = self.rnn(embedded[:, None], state=state)
+        output, state = self.rnn.step(embedded, state)
         if self.kind == "none":
-            return output[:, 0], state, None
-        context, weights = self.attention(output, memory.keys, memory.outputs, memory.mask)
-        features = torch.tanh(self.combine(torch.cat([output, context], dim=-1)))
-        return features[:, 0], state, weights[:, 0]
+            return output, state, None
+        context, weights = self.attention(output[:, None], memory.keys, memory.outputs, memory.mask)
+        features = torch.tanh(self.combine(torch.cat([output, context[:, 0]], dim=-1)))
+        return features, state, weights[:, 0]
 
     def _bahdanau_step(self, embedded: Tensor, memory: Memory, state: State) -> tuple[Tensor, State, Tensor]:
         context, weights = self.attention(top_layer(state), memory.keys, memory.outputs, memory.mask)
-        output, state = self.rnn(torch.cat([embedded, context], dim=-1)[:, None], state=state)
-        features = torch.tanh(self.combine(torch.cat([output[:, 0], context], dim=-1)))
+        output, state = self.rnn.step(torch.cat([embedded, context], dim=-1), state)
+        features = torch.tanh(self.combine(torch.cat([output, context], dim=-1)))
         return features, state, weights

@@ -11,9 +11,10 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mtkit.models.cells import ScratchRNN
+from mtkit.models.cells import ScratchRNN, gru_step, lstm_step, run_stack
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -49,6 +50,9 @@ class RNN(nn.Module):
         else:
             raise ValueError(f"unknown RNN implementation {impl!r}")
         self.fused = impl == "fused"
+        self.cell, self.dropout, self.hidden_size = cell, dropout, hidden_size
+        # Int8 copies of the step's projections (``mtkit.models.quantize``), None in full precision.
+        self.int8: nn.ModuleDict | None = None
 
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
@@ -56,7 +60,11 @@ class RNN(nn.Module):
         """Run over ``x`` (B, T, D); ``lengths`` (B,) for padded input whose final state matters."""
         if state is not None:
             state = map_state(state, self._to_torch_layout)
-        if not self.fused:
+        if self.int8 is not None:  # the scratch loop over the integer layers
+            outputs, final = run_stack(
+                self.cell, self.hidden_size, self.num_layers, self.dirs == 2, x, state, lengths, self._project
+            )
+        elif not self.fused:
             outputs, final = self.net(x, state, lengths)
         elif lengths is None:
             outputs, final = self.net(x, state)
@@ -65,6 +73,42 @@ class RNN(nn.Module):
             outputs, final = self.net(packed, state)
             outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=x.size(1))
         return outputs, map_state(final, self._to_layer_layout)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One time step of a unidirectional stack: input (B, D) → output (B, H) and the new state.
+
+        What ``forward`` computes for a one-token sequence, bit for bit on a CPU, without its
+        per-call set-up (the decoder calls this once per token). With dropout between layers in
+        training it runs ``forward`` itself, so that the random draws stay those of a full pass.
+        """
+        if self.dirs != 1:
+            raise ValueError("step needs a unidirectional RNN")
+        if self.training and self.dropout > 0:
+            output, state = self(x[:, None], state=state)
+            return output[:, 0], state
+        lstm = isinstance(state, tuple)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            h = state[0][layer] if lstm else state[layer]
+            gi, gh = self._project(f"ih_l{layer}", x), self._project(f"hh_l{layer}", h)
+            if lstm:
+                x, c = lstm_step(gi, gh, state[1][layer])
+                cs.append(c)
+            else:
+                x = gru_step(gi, gh, h)
+            hs.append(x)
+        return x, ((torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs))
+
+    def projection_names(self) -> list[str]:
+        """ih_lN and hh_lN (with _reverse for the backward direction), as the weights are named."""
+        suffixes = ["", "_reverse"][: self.dirs]
+        return [f"{kind}_l{layer}{suffix}" for layer in range(self.num_layers) for suffix in suffixes for kind in ("ih", "hh")]
+
+    def _project(self, name: str, x: Tensor) -> Tensor:
+        """x W_name + b_name, for name ih_lN (input) or hh_lN (recurrent)."""
+        if self.int8 is not None:
+            return self.int8[name](x)
+        return F.linear(x, getattr(self.net, f"weight_{name}"), getattr(self.net, f"bias_{name}"))
 
     def _to_layer_layout(self, s: Tensor) -> Tensor:
         """(layers·dirs, B, H) → (layers, B, dirs·H)."""

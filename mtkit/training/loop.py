@@ -27,7 +27,7 @@ from mtkit.config import Recipe, TrainConfig, set_option
 from mtkit.data.batching import bucket_batches, make_batch
 from mtkit.data.dataset import DataDir
 from mtkit.decoding import SearchOptions, decode
-from mtkit.device import autocast, resolve_device, resolve_precision
+from mtkit.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from mtkit.errors import Interrupted, MtkitError, UsageError
 from mtkit.evaluation import corpus_bleu_chrf
 from mtkit.fileio import prepare_output_dir, write_json
@@ -65,6 +65,7 @@ class Trainer:
     ) -> None:
         self.recipe, self.data, self.run_dir, self.dist = recipe, data, run_dir, dist
         self.cfg = cfg = recipe.train
+        keep_freed_memory()
         device = resolve_device(cfg.device)
         if device.type == "cuda" and dist.enabled:
             device = torch.device("cuda", dist.local_rank)

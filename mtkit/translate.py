@@ -22,6 +22,7 @@ from mtkit.decoding.hypothesis import Hypothesis
 from mtkit.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from mtkit.errors import UsageError
 from mtkit.models.quantize import QUANTIZATIONS, quantize_int8
+from mtkit.models.shortlist import Shortlist
 from mtkit.rundir import RunDir
 
 
@@ -39,7 +40,8 @@ class Translator:
 
     def __init__(
         self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
-        max_input_len: int = 250, precision: str = "fp32", quantize: str = "none",
+        max_input_len: int = 250, precision: str = "fp32", quantize: str = "none", shortlist: int = 0,
+        shortlist_data: str | Path | None = None,
     ) -> None:
         keep_freed_memory()
         self.run = RunDir(run_dir)
@@ -52,6 +54,8 @@ class Translator:
             if self.device.type != "cpu":
                 raise UsageError("--quantize int8 is for CPUs; on a GPU use --precision bf16 or fp16")
             quantize_int8(self.model)
+        if shortlist:
+            self.model.shortlist = learn_shortlist(self.run, shortlist, shortlist_data)
         self.src, self.tgt = self.run.processor("src"), self.run.processor("tgt")
         self.max_input_len = max_input_len
         self.stats = TranslateStats()
@@ -157,6 +161,25 @@ def _out_of_memory(exc: BaseException) -> bool:
 def one_line(text: str) -> str:
     """Keep an output on one line whatever the model produced (byte pieces can decode to \\n)."""
     return " ".join(text.split()) if any(c in text for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029") else text
+
+
+def learn_shortlist(run: RunDir, k: int, data_dir: str | Path | None = None) -> Shortlist:
+    """A vocabulary shortlist of ``k`` tokens per source token (and the ``k`` most frequent),
+    learnt from the training split of ``data_dir``, by default the run's own data directory."""
+    if k < 1:
+        raise UsageError("--shortlist must be at least 1 (or 0 for none)")
+    path = Path(data_dir or run.raw.get("data_dir", ""))
+    if not (path / "manifest.json").is_file():
+        raise UsageError(
+            f"--shortlist is learnt from the training data; {str(path) or 'the run'} is not a data "
+            "directory: give the one the model was trained on"
+        )
+    data = DataDir(path)
+    sizes = [len(data.processor(side).tokenizer.vocab) for side in ("src", "tgt")]
+    model_sizes = [len(run.processor(side).tokenizer.vocab) for side in ("src", "tgt")]
+    if sizes != model_sizes:
+        raise UsageError(f"{path}: vocabularies {sizes[0]}/{sizes[1]}, but the model's are {model_sizes[0]}/{model_sizes[1]}")
+    return Shortlist.learn(data.encoded("train"), *sizes, k)
 
 
 def translate_split(

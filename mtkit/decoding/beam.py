@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mtkit.data.vocab import BOS, EOS, unspeakable
+from mtkit.decoding.greedy import check_every
 from mtkit.decoding.hypothesis import Hypothesis
 from mtkit.models.rnn import map_state
 from mtkit.models.seq2seq import Seq2Seq
@@ -49,7 +50,7 @@ def beam_search(
     memory = memory.index_select(expand)
     state = map_state(state, lambda s: s.index_select(1, expand))
 
-    sentence = torch.arange(batch)  # original index of each live sentence
+    sentence = torch.arange(batch)  # original index of each sentence in the running batch
     limits = max_lengths.to(torch.int64).clone()
     # Cumulative log-probabilities of the live beams; only beam 0 is alive at the start so the
     # first step does not pick K copies of the same token.
@@ -58,22 +59,25 @@ def beam_search(
     history = torch.empty(batch, k, 0, dtype=torch.int64, device=device)
     prev = torch.full((batch * k,), BOS, dtype=torch.int64, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    # Per live sentence: the score a live beam must beat to enter its n-best list.
+    # Per sentence of the running batch: the score a live beam must beat to enter its n-best
+    # list, and whether it is done (its beams then stay at -inf until it leaves the batch).
     threshold = torch.full((batch,), float("-inf"))
+    done = torch.zeros(batch, dtype=torch.bool)
     banned = unspeakable(no_unk)
-    vocab = model.generator.out_features
+    # The best K continuations that do not end, and the <eos> among the best K, are among each
+    # beam's own best K + 1 tokens (at most one better token of a beam is <eos>): only those
+    # K × (K + 1) candidates are ranked, never all K × V.
+    width = min(k + 1, model.generator.out_features - len(banned))
+    every = check_every(device)
 
     step = 0
     while len(sentence):
         step += 1
-        # A sentence's best 2K continuations are among each beam's own best 2K tokens, so only
-        # those K x 2K candidates are ranked, never all K x V.
-        width = min(2 * k, vocab - len(banned))
         row_scores, row_tokens, eos, state = model.step_top(prev, memory, state, width, banned)
         # At a sentence's length limit only <eos> remains possible.
-        at_limit = (limits <= step).to(device)
+        at_limit = limits <= step
         if at_limit.any():
-            forced = at_limit.repeat_interleave(k)
+            forced = at_limit.to(device).repeat_interleave(k)
             row_scores[forced] = float("-inf")
             row_scores[forced, 0] = eos[forced]
             row_tokens[forced, 0] = EOS
@@ -82,19 +86,7 @@ def beam_search(
         top_beam = top_index // width
         top_token = row_tokens.view(-1, k * width).gather(1, top_index)
         is_eos = (top_token == EOS) & (top_scores > float("-inf"))
-
-        # Candidates ending in <eos> among the top K become finished hypotheses.
-        ended = is_eos[:, :k].nonzero().tolist()
-        if ended:
-            for row, rank in ended:
-                beam = int(top_beam[row, rank])
-                tokens = history[row, beam].tolist()
-                log_prob = float(top_scores[row, rank])
-                score = log_prob / length_penalty(len(tokens) + 1, alpha, penalty)
-                original = int(sentence[row])
-                finished[original].append(Hypothesis(tokens, log_prob, score))
-                if len(finished[original]) >= nbest:
-                    threshold[row] = sorted((h.score for h in finished[original]), reverse=True)[nbest - 1]
+        _collect(finished, threshold, sentence, is_eos[:, :k], top_beam, top_scores, history, nbest, alpha, penalty, step)
 
         # The best K candidates that do not end continue as the live beams.
         order = torch.arange(2 * k, device=device).expand_as(top_scores) + is_eos * (2 * k)
@@ -106,21 +98,46 @@ def beam_search(
         flat_source = (beam_source + torch.arange(len(sentence), device=device)[:, None] * k).view(-1)
         state = map_state(state, lambda s: s.index_select(1, flat_source))
         prev = new_tokens.view(-1)
+        if step % every:
+            continue
 
         # A sentence is done when no live beam can beat its (n-th) best finished hypothesis. A live
         # beam's log-probability can only fall, and the largest divisor it can still reach is
         # the penalty at the length limit, so that is its best possible final score.
         best_live = scores.max(dim=1).values.cpu()
         bound = best_live / length_penalty(limits.float(), alpha, penalty)
-        done = (threshold >= bound) | (limits <= step) | (best_live == float("-inf"))
-        if done.any():
+        done |= (threshold >= bound) | (limits <= step) | (best_live == float("-inf"))
+        count = int(done.sum())
+        if count and 8 * count >= len(sentence):  # leave the batch
             alive = (~done).nonzero().squeeze(1)
             alive_device = alive.to(device)
-            sentence, limits, threshold = sentence[alive], limits[alive], threshold[alive]
+            sentence, limits, threshold, done = sentence[alive], limits[alive], threshold[alive], done[alive]
             scores, history = scores[alive_device], history[alive_device]
             rows = (alive_device[:, None] * k + torch.arange(k, device=device)).view(-1)
             memory = memory.index_select(rows)
             state = map_state(state, lambda s: s.index_select(1, rows))
             prev = prev.index_select(0, rows)
+        elif count:  # stay, inert: no beam of theirs can finish or win any more
+            scores[done.to(device)] = float("-inf")
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
+
+def _collect(
+    finished: list[list[Hypothesis]], threshold: Tensor, sentence: Tensor, ended: Tensor,
+    top_beam: Tensor, top_scores: Tensor, history: Tensor, nbest: int, alpha: float, penalty: str, step: int,
+) -> None:
+    """Add the candidates that end with <eos> among a step's top K to their sentences' finished
+    hypotheses (a few tensor operations for all of them, then plain Python)."""
+    where = ended.nonzero()
+    if not len(where):
+        return
+    rows, ranks = where.unbind(1)
+    beams = top_beam[rows, ranks]
+    divisor = length_penalty(step, alpha, penalty)
+    rows_cpu = rows.cpu()
+    lists = rows_cpu.tolist(), sentence[rows_cpu].tolist(), history[rows, beams].tolist(), top_scores[rows, ranks].tolist()
+    for row, original, tokens, log_prob in zip(*lists):
+        hyps = finished[original]
+        hyps.append(Hypothesis(tokens, log_prob, log_prob / divisor))
+        if len(hyps) >= nbest:
+            threshold[row] = sorted((h.score for h in hyps), reverse=True)[nbest - 1]

@@ -18,7 +18,6 @@ interchangeable. PyTorch keeps two bias vectors per gate (b_ih + b_hh): their su
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,8 +37,7 @@ def lstm_step(gi: Tensor, gh: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 def gru_step(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     """One GRU step from the input part ``gi`` and the recurrent part ``gh`` of the three gates.
-    The update is written as PyTorch's CPU kernel writes it, (H − H~) ⊙ Z + H~, so a step
-    gives bit for bit what ``nn.GRU`` gives."""
+    The update is written as PyTorch's CPU kernel writes it, (H − H~) ⊙ Z + H~."""
     gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
     gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
     r = torch.sigmoid(gi_r + gh_r)
@@ -91,68 +89,47 @@ class ScratchRNN(nn.Module):
         self, x: Tensor, state: Tensor | tuple[Tensor, Tensor] | None = None,
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
-        return run_stack(
-            self.cell, self.hidden_size, self.num_layers, self.bidirectional, x, state, lengths,
-            self._project, self.dropout if self.training else 0.0,
-        )
+        batch, steps = x.shape[:2]
+        dirs = len(self.suffixes)
+        if state is None:
+            zeros = x.new_zeros(self.num_layers * dirs, batch, self.hidden_size)
+            state = (zeros, zeros) if self.cell == "lstm" else zeros
+        mask = torch.ones(batch, steps, 1, dtype=torch.bool, device=x.device)
+        if lengths is not None:
+            mask = (torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None])[..., None]
+        finals_h, finals_c = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for d, suffix in enumerate(self.suffixes):
+                k = layer * dirs + d
+                start = (state[0][k], state[1][k]) if self.cell == "lstm" else state[k]
+                sequence = reverse_padded(layer_input, lengths) if d else layer_input
+                out, final = self._run_layer(sequence, mask, start, f"l{layer}{suffix}")
+                outputs.append(reverse_padded(out, lengths) if d else out)
+                if self.cell == "lstm":
+                    finals_h.append(final[0])
+                    finals_c.append(final[1])
+                else:
+                    finals_h.append(final)
+            layer_input = torch.cat(outputs, dim=-1)
+            if layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+        h_n = torch.stack(finals_h)
+        return layer_input, ((h_n, torch.stack(finals_c)) if self.cell == "lstm" else h_n)
 
-    def _project(self, name: str, x: Tensor) -> Tensor:
-        return F.linear(x, getattr(self, f"weight_{name}"), getattr(self, f"bias_{name}"))
-
-
-Projection = Callable[[str, Tensor], Tensor]  # (name, x) → x W_name + b_name, name e.g. "ih_l0"
-
-
-def run_stack(
-    cell: str, hidden_size: int, num_layers: int, bidirectional: bool, x: Tensor,
-    state: Tensor | tuple[Tensor, Tensor] | None, lengths: Tensor | None, project: Projection,
-    dropout: float = 0.0,
-) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
-    """The scratch stack's computation, with the weights behind ``project``: ``ScratchRNN`` passes
-    its own, an int8 fused stack (``mtkit.models.quantize``) its integer layers."""
-    batch, steps = x.shape[:2]
-    suffixes = ["", "_reverse"] if bidirectional else [""]
-    dirs = len(suffixes)
-    if state is None:
-        zeros = x.new_zeros(num_layers * dirs, batch, hidden_size)
-        state = (zeros, zeros) if cell == "lstm" else zeros
-    mask = torch.ones(batch, steps, 1, dtype=torch.bool, device=x.device)
-    if lengths is not None:
-        mask = (torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None])[..., None]
-    finals_h, finals_c = [], []
-    layer_input = x
-    for layer in range(num_layers):
+    def _run_layer(self, x: Tensor, mask: Tensor, state, name: str):
+        w_hh, b_hh = getattr(self, f"weight_hh_{name}"), getattr(self, f"bias_hh_{name}")
+        # The input part of every gate for all steps at once; only the recurrence loops.
+        gi = F.linear(x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}"))
         outputs = []
-        for d, suffix in enumerate(suffixes):
-            k = layer * dirs + d
-            start = (state[0][k], state[1][k]) if cell == "lstm" else state[k]
-            sequence = reverse_padded(layer_input, lengths) if d else layer_input
-            name = f"l{layer}{suffix}"
-            # The input part of every gate for all steps at once; only the recurrence loops.
-            gi = project(f"ih_{name}", sequence)
-            out, final = _run_layer(cell, gi, mask, start, lambda h, name=name: project(f"hh_{name}", h))
-            outputs.append(reverse_padded(out, lengths) if d else out)
-            if cell == "lstm":
-                finals_h.append(final[0])
-                finals_c.append(final[1])
+        for t in range(x.size(1)):
+            valid = mask[:, t]
+            if self.cell == "lstm":
+                h_new, c_new = lstm_step(gi[:, t], F.linear(state[0], w_hh, b_hh), state[1])
+                state = (torch.where(valid, h_new, state[0]), torch.where(valid, c_new, state[1]))
             else:
-                finals_h.append(final)
-        layer_input = torch.cat(outputs, dim=-1)
-        if layer < num_layers - 1 and dropout:
-            layer_input = F.dropout(layer_input, dropout, True)
-    h_n = torch.stack(finals_h)
-    return layer_input, ((h_n, torch.stack(finals_c)) if cell == "lstm" else h_n)
-
-
-def _run_layer(cell: str, gi: Tensor, mask: Tensor, state, recurrent: Callable[[Tensor], Tensor]):
-    outputs = []
-    for t in range(gi.size(1)):
-        valid = mask[:, t]
-        if cell == "lstm":
-            h_new, c_new = lstm_step(gi[:, t], recurrent(state[0]), state[1])
-            state = (torch.where(valid, h_new, state[0]), torch.where(valid, c_new, state[1]))
-        else:
-            h_new = gru_step(gi[:, t], recurrent(state), state)
-            state = torch.where(valid, h_new, state)
-        outputs.append(h_new * valid)
-    return torch.stack(outputs, dim=1), state
+                h_new = gru_step(gi[:, t], F.linear(state, w_hh, b_hh), state)
+                state = torch.where(valid, h_new, state)
+            outputs.append(h_new * valid)
+        return torch.stack(outputs, dim=1), state

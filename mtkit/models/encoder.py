@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mtkit.data.vocab import PAD
 from mtkit.models.rnn import RNN, State, top_layer
+from mtkit.models.shortlist import VocabSubset
 
 
 @dataclass
@@ -16,23 +17,27 @@ class Memory:
 
     ``context`` is the book's fixed context c: the top layer's state at each sentence's last
     valid step (both directions concatenated). ``keys`` are the attention projections of
-    ``outputs``, filled in by the decoder once per batch.
+    ``outputs``, filled in by the decoder once per batch; ``vocab`` the output tokens a
+    shortlist lets each row use (``mtkit.models.shortlist``).
     """
 
     outputs: Tensor  # (B, S, C)
     mask: Tensor  # (B, S) true on real tokens
     context: Tensor  # (B, C)
     keys: Tensor | None = None
+    vocab: VocabSubset | None = None  # a shortlist's restriction of the output layer
 
     def index_select(self, index: Tensor) -> Memory:
         """Rows ``index`` of every field (used to expand a batch into beams)."""
         keys = self.keys.index_select(0, index) if self.keys is not None else None
+        vocab = self.vocab.index_select(index) if self.vocab is not None else None
         return replace(
             self,
             outputs=self.outputs.index_select(0, index),
             mask=self.mask.index_select(0, index),
             context=self.context.index_select(0, index),
             keys=keys,
+            vocab=vocab,
         )
 
 

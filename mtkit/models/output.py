@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mtkit.data.vocab import PAD
 from mtkit.models.quantize import Int8Linear
+from mtkit.models.shortlist import VocabSubset
 
 CHUNK_BYTES = 4 << 20  # rows of fp32 logits processed together in training: stays in cache
 SEARCH_CHUNK_BYTES = 1 << 20  # the same in search, a core's L2 cache
@@ -104,14 +105,20 @@ def sequence_loss(
 
 
 def top_tokens(
-    features: Tensor, generator: nn.Module, k: int, banned: list[int], extra: int
+    features: Tensor, generator: nn.Module, k: int, banned: list[int], extra: int,
+    vocab: VocabSubset | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` most probable tokens of each row, none of them ``banned``, with their fp32
     log-probabilities, and the log-probability of token ``extra`` (the ``<eos>`` a search may
     have to force). Probabilities are normalised over the whole vocabulary, banned tokens
-    included, as the model's softmax is. One matrix product for all rows; the rest runs on
-    cache-sized chunks of rows: a log-softmax (PyTorch's fused kernel, one pass that reads and
-    one that writes) and a blocked top-k."""
+    included, as the model's softmax is, or over each row's shortlist (``vocab``). One matrix
+    product for all rows; the rest runs on cache-sized chunks of rows: a log-softmax (PyTorch's
+    fused kernel, one pass that reads and one that writes) and a blocked top-k."""
+    blocked = None
+    if vocab is not None:
+        generator, blocked = vocab.layer, vocab.blocked
+        banned = [vocab.position[token] for token in banned if token in vocab.position]
+        extra = vocab.position[extra]
     rows = max(1, SEARCH_CHUNK_BYTES // (4 * generator.out_features))
     if isinstance(generator, Int8Linear):
         parts = generator.forward_chunks(features, rows)
@@ -119,13 +126,16 @@ def top_tokens(
         parts = generator(features).split(rows)
     banned_index = torch.tensor(banned, dtype=torch.int64, device=features.device)
     values, tokens, extras = [], [], []
-    for part in parts:
+    for start, part in zip(range(0, len(features), rows), parts):
+        if blocked is not None:  # the generator's output is ours to change
+            part.masked_fill_(blocked[start : start + rows], float("-inf"))
         log_probs = torch.log_softmax(part, dim=-1, dtype=torch.float32)
         extras.append(log_probs[:, extra].clone())
         top, index = row_topk(log_probs.index_fill_(1, banned_index, float("-inf")), k)
         values.append(top)
         tokens.append(index)
-    return torch.cat(values), torch.cat(tokens), torch.cat(extras)
+    best = torch.cat(tokens)
+    return torch.cat(values), best if vocab is None else vocab.columns[best], torch.cat(extras)
 
 
 def row_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mtkit.models.cells import ScratchRNN, gru_step, lstm_step, run_stack
+from mtkit.models.cells import ScratchRNN, gru_step, lstm_step
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -50,8 +50,8 @@ class RNN(nn.Module):
         else:
             raise ValueError(f"unknown RNN implementation {impl!r}")
         self.fused = impl == "fused"
-        self.cell, self.dropout, self.hidden_size = cell, dropout, hidden_size
-        # Int8 copies of the step's projections (``mtkit.models.quantize``), None in full precision.
+        self.cell, self.dropout = cell, dropout
+        # Int8 versions of the projections ``step`` uses (``mtkit.models.quantize``), else None.
         self.int8: nn.ModuleDict | None = None
 
     def forward(
@@ -60,11 +60,7 @@ class RNN(nn.Module):
         """Run over ``x`` (B, T, D); ``lengths`` (B,) for padded input whose final state matters."""
         if state is not None:
             state = map_state(state, self._to_torch_layout)
-        if self.int8 is not None:  # the scratch loop over the integer layers
-            outputs, final = run_stack(
-                self.cell, self.hidden_size, self.num_layers, self.dirs == 2, x, state, lengths, self._project
-            )
-        elif not self.fused:
+        if not self.fused:
             outputs, final = self.net(x, state, lengths)
         elif lengths is None:
             outputs, final = self.net(x, state)
@@ -98,11 +94,6 @@ class RNN(nn.Module):
                 x = gru_step(gi, gh, h)
             hs.append(x)
         return x, ((torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs))
-
-    def projection_names(self) -> list[str]:
-        """ih_lN and hh_lN (with _reverse for the backward direction), as the weights are named."""
-        suffixes = ["", "_reverse"][: self.dirs]
-        return [f"{kind}_l{layer}{suffix}" for layer in range(self.num_layers) for suffix in suffixes for kind in ("ih", "hh")]
 
     def _project(self, name: str, x: Tensor) -> Tensor:
         """x W_name + b_name, for name ih_lN (input) or hh_lN (recurrent)."""

@@ -13,6 +13,7 @@ from mtkit.models.decoder import Decoder
 from mtkit.models.encoder import Encoder, Memory
 from mtkit.models.output import sequence_loss, top_tokens
 from mtkit.models.rnn import State, top_layer
+from mtkit.models.shortlist import Shortlist
 
 BRIDGES = ("last", "linear", "zero")
 
@@ -79,6 +80,7 @@ class Seq2Seq(nn.Module):
             config.context_input,
         )
         self.generator = nn.Linear(self.decoder.output_size, tgt_vocab_size)
+        self.shortlist: Shortlist | None = None  # set for search only (``mtkit.models.shortlist``)
         initialize(self)
         if config.tie_embeddings:
             if config.embed != self.decoder.output_size:
@@ -89,6 +91,8 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, State]:
         memory, final = self.encoder(src, src_lengths)
+        if self.shortlist is not None:
+            memory.vocab = self.shortlist.subset(src, self.generator)
         return self.decoder.prepare(memory), self.bridge(final)
 
     def forward(
@@ -116,7 +120,7 @@ class Seq2Seq(nn.Module):
         the ``k`` best tokens (B, k) that are not ``banned``, their log-probabilities, the
         log-probability of ``<eos>`` (B,) and the new state."""
         features, state, _ = self.decoder.step(tokens, memory, state)
-        log_probs, best, eos = top_tokens(features, self.generator, k, banned, EOS)
+        log_probs, best, eos = top_tokens(features, self.generator, k, banned, EOS, memory.vocab)
         return log_probs, best, eos, state
 
 

@@ -220,6 +220,9 @@ def translate(
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (and counted).")] = 250,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast: up to twice as fast on CPUs with AVX-512 bf16, scores differ slightly).")] = "fp32",
+    quantize: Annotated[str, typer.Option(help="none, or int8: the decoder's matrix products in 8-bit integers (CPU; faster, scores differ slightly).")] = "none",
+    shortlist: Annotated[int, typer.Option(help="Score only the K most frequent target tokens and each source token's K most associated ones (learnt from the training data); 0: the whole vocabulary.")] = 0,
+    shortlist_data: Annotated[Optional[Path], typer.Option(help="Data directory to learn --shortlist from (default: the one the model was trained on).")] = None,
 ) -> None:
     """Translate raw text; exactly one output line per input line, in input order."""
     from mtkit.decoding import SearchOptions
@@ -233,7 +236,7 @@ def translate(
     if (batch_size is not None and batch_size < 1) or buffer < 1 or max_input_len < 1:
         raise UsageError("--batch-size, --buffer and --max-input-len must be at least 1")
     options = SearchOptions(search, beam, alpha, length_penalty, nbest, max_len_a, max_len_b, no_unk)
-    translator = Translator(model, checkpoint, device, max_input_len, precision=precision)
+    translator = Translator(model, checkpoint, device, max_input_len, precision, quantize, shortlist, shortlist_data)
     if input == "-" and output == "-" and output_format == "text" and sys.stdin.isatty():
         interactive(translator, options, stderr, tokenized)
         return
@@ -306,6 +309,8 @@ def evaluate(
     length_penalty: Annotated[str, typer.Option(help="With --model: book or gnmt.")] = "book",
     batch_size: Annotated[Optional[int], typer.Option(help="With --model: sentences decoded together [default: 512/beam].")] = None,
     precision: Annotated[str, typer.Option(help="With --model: fp32 or bf16 decoding.")] = "fp32",
+    quantize: Annotated[str, typer.Option(help="With --model: none, or int8 (see translate --help).")] = "none",
+    shortlist: Annotated[int, typer.Option(help="With --model: a vocabulary shortlist of K, learnt from --data's training split (see translate --help).")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (bleu, chrf, ter, signatures).")] = False,
     lowercase: Annotated[bool, typer.Option("--lowercase", "-lc", help="Case-insensitive BLEU, as sacrebleu -lc (chrF stays cased; TER is case-insensitive).")] = False,
     book_bleu: Annotated[bool, typer.Option("--book-bleu", help="Also print the book's BLEU for every sentence.")] = False,
@@ -324,7 +329,9 @@ def evaluate(
         from mtkit.decoding import SearchOptions
 
         options = SearchOptions(beam=beam, alpha=alpha, length_penalty=length_penalty)
-        hypotheses, references = translate_split(model, data, split, checkpoint, options, batch_size, precision)
+        hypotheses, references = translate_split(
+            model, data, split, checkpoint, options, batch_size, precision, quantize, shortlist
+        )
         if output is not None:
             from mtkit.fileio import write_lines
 

@@ -34,11 +34,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, else fp32 (also on CPUs; see the README)."""
+    """``auto``: bf16 on GPUs with native bf16 (compute capability 8.0, Ampere, and later), else
+    fp32 (also on CPUs; see the README). ``torch.cuda.is_bf16_supported`` also says yes where
+    bf16 is only emulated, far slower than fp32."""
     if name not in PRECISIONS:
         raise UsageError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise UsageError("fp16 needs a CUDA device; on a CPU use bf16 or fp32")
     return name

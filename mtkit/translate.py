@@ -185,12 +185,16 @@ def learn_shortlist(run: RunDir, k: int, data_dir: str | Path | None = None) -> 
 def translate_split(
     run_dir: str | Path, data_dir: str | Path, split: str, checkpoint: str | None = None,
     options: SearchOptions | None = None, batch_size: int | None = None, precision: str = "fp32",
+    quantize: str = "none", shortlist: int = 0,
 ) -> tuple[list[str], list[list[str]]]:
-    """Translate a data directory's dev or test sources; return outputs and their references."""
+    """Translate a data directory's dev or test sources; return outputs and their references.
+    A ``shortlist`` is learnt from the same data directory's training split."""
     if split not in ("dev", "test"):
         raise UsageError(f"--split must be dev or test, not {split!r}")
     evalset = DataDir(data_dir).eval_set(split)
-    translator = Translator(str(run_dir), checkpoint, precision=precision)
+    translator = Translator(
+        str(run_dir), checkpoint, precision=precision, quantize=quantize, shortlist=shortlist, shortlist_data=data_dir
+    )
     outputs = translator.translate(evalset.sources, options or SearchOptions(), batch_size)
     return outputs, evalset.references
 

@@ -32,3 +32,47 @@ def test_search_on_cuda_matches_cpu(reverse_data, tmp_path):
         cpu = run_cli("translate", "--model", run, "--beam", beam, "--device", "cpu", input=text).stdout
         gpu = run_cli("translate", "--model", run, "--beam", beam, "--device", "cuda", input=text).stdout
         assert gpu == cpu
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bf16_never_runs_the_recurrent_layers_in_fp16(cell):
+    """PyTorch's autocast casts cuDNN's RNNs to fp16 whatever dtype it was given: under bf16
+    they would train in fp16 without a gradient scaler. Every module's output is checked."""
+    from mtkit.config import ModelConfig
+    from mtkit.models.rnn import RNN
+    from mtkit.models.seq2seq import build_model
+
+    rnn = RNN(cell, 8, 16, 2, 0.0, True, "fused").cuda()
+    x = torch.randn(3, 5, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for lengths in (None, torch.tensor([5, 3, 2])):
+            out, final = rnn(x, lengths)
+            for tensor in (out, *(final if cell == "lstm" else (final,))):
+                assert tensor.dtype != torch.float16
+    for attention in ("none", "luong", "bahdanau"):
+        model = build_model(ModelConfig(cell=cell, embed=16, hidden=32, layers=2, attention=attention), 50, 60).cuda()
+        seen = set()
+
+        def record(module, inputs, output):
+            for t in output if isinstance(output, tuple) else (output,):
+                for leaf in t if isinstance(t, tuple) else (t,):
+                    if isinstance(leaf, torch.Tensor):
+                        seen.add((type(module).__name__, leaf.dtype))
+
+        handles = [m.register_forward_hook(record) for m in model.modules()]
+        src = torch.randint(4, 50, (4, 7), device="cuda")
+        tgt = torch.randint(4, 60, (4, 6), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = model(src, torch.tensor([7, 6, 3, 1]), tgt, tgt)
+        loss.backward()
+        for handle in handles:
+            handle.remove()
+        assert not [name for name, dtype in seen if dtype == torch.float16], (attention, sorted(map(str, seen)))
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_auto_precision_matches_the_gpus_native_bf16():
+    from mtkit.device import resolve_precision
+
+    native = torch.cuda.get_device_capability() >= (8, 0)
+    assert resolve_precision("auto", torch.device("cuda")) == ("bf16" if native else "fp32")

@@ -160,3 +160,40 @@ def test_tied_embeddings_share_one_matrix_through_training_and_loading():
     reloaded.load_state_dict(model.state_dict())
     assert reloaded.generator.weight is reloaded.decoder.embedding.weight
     torch.testing.assert_close(reloaded.generator.weight, model.decoder.embedding.weight)
+
+
+def test_fp16_output_layer_gradients_are_scaled_before_fp16_can_lose_them():
+    """Under fp16 the probabilities of unlikely tokens (here about 1e-9) are below fp16's
+    smallest number; multiplied by the loss scale first (as an unfused layer under a gradient
+    scaler sees them) they survive into the gradient."""
+    from mtkit.models.output import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    layer = torch.nn.Linear(16, 40)
+    with torch.no_grad():
+        layer.bias[20:] = -20.0  # p ≈ e^-20 ≈ 2e-9 for tokens 20..39
+    y = torch.randint(0, 20, (32,))
+    scale = 2.0**13  # the loss scale; the largest gradients stay within fp16
+    ref_x = x.double().requires_grad_()
+    ref_w, ref_b = layer.weight.double().detach().requires_grad_(), layer.bias.double().detach().requires_grad_()
+    (torch.nn.functional.cross_entropy(ref_x @ ref_w.t() + ref_b, y, reduction="sum") * scale).backward()
+    xi = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = LinearCrossEntropy.apply(xi, layer.weight, layer.bias, y, 0.0)
+    (loss * scale).backward()
+    rare, expected = layer.weight.grad[20:].double(), ref_w.grad[20:]
+    # all zero when the probabilities are stored in fp16 before the scale multiplies them
+    assert (rare - expected).norm() < 0.02 * expected.norm()
+    torch.testing.assert_close(layer.bias.grad.double(), ref_b.grad, rtol=0.01, atol=1e-3)
+    assert (xi.grad.double() - ref_x.grad).norm() < 0.01 * ref_x.grad.norm()
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it_natively(monkeypatch, capability, expected):
+    from mtkit.device import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # emulated counts too
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"

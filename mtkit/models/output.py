@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mtkit.data.vocab import PAD
 from mtkit.models.quantize import Int8Linear
@@ -120,6 +121,7 @@ def top_tokens(
         banned = [vocab.position[token] for token in banned if token in vocab.position]
         extra = vocab.position[extra]
     rows = max(1, SEARCH_CHUNK_BYTES // (4 * generator.out_features))
+    wanted, k = k, min(k, generator.out_features)
     if isinstance(generator, Int8Linear):
         parts = generator.forward_chunks(features, rows)
     else:
@@ -134,8 +136,13 @@ def top_tokens(
         top, index = row_topk(log_probs.index_fill_(1, banned_index, float("-inf")), k)
         values.append(top)
         tokens.append(index)
-    best = torch.cat(tokens)
-    return torch.cat(values), best if vocab is None else vocab.columns[best], torch.cat(extras)
+    values, best = torch.cat(values), torch.cat(tokens)
+    if vocab is not None:
+        best = vocab.columns[best]
+    if wanted > k:  # a shortlist with fewer tokens than asked for: the rest can never win
+        values = F.pad(values, (0, wanted - k), value=float("-inf"))
+        best = F.pad(best, (0, wanted - k), value=PAD)
+    return values, best, torch.cat(extras)
 
 
 def row_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:

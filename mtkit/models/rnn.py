@@ -58,6 +58,15 @@ class RNN(nn.Module):
         self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
     ) -> tuple[Tensor, State]:
         """Run over ``x`` (B, T, D); ``lengths`` (B,) for padded input whose final state matters."""
+        if self.fused and x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") != torch.float16:
+            # PyTorch's autocast runs cuDNN's RNNs in fp16 whatever dtype it was asked for, so
+            # under bf16 they would train in fp16 with no gradient scaler: run them in fp32
+            # (TF32 tensor cores where allowed) instead.
+            with torch.autocast("cuda", enabled=False):
+                return self._run(x.float(), lengths, None if state is None else map_state(state, Tensor.float))
+        return self._run(x, lengths, state)
+
+    def _run(self, x: Tensor, lengths: Tensor | None, state: State | None) -> tuple[Tensor, State]:
         if state is not None:
             state = map_state(state, self._to_torch_layout)
         if not self.fused:

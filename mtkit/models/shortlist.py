@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mtkit.data.dataset import EncodedSplit
-from mtkit.data.vocab import EOS
+from mtkit.data.vocab import EOS, PAD
 from mtkit.models.quantize import Int8Linear
 
 
@@ -91,10 +91,11 @@ class Shortlist:
         return cls(table, frequent)
 
     def subset(self, src: Tensor, generator: nn.Module) -> VocabSubset:
-        """The restriction for a padded batch of sources (B, S); padding adds nothing."""
+        """The restriction for a padded batch of sources (B, S)."""
         vocab = generator.out_features
         table = self.table.to(src.device)
-        lists = torch.cat([table[src].flatten(1), self.frequent.to(src.device).expand(src.size(0), -1)], dim=1)
+        tokens = src.masked_fill(src == PAD, EOS)  # every source ends in <eos>: padding adds nothing
+        lists = torch.cat([table[tokens].flatten(1), self.frequent.to(src.device).expand(src.size(0), -1)], dim=1)
         allowed = torch.zeros(src.size(0), vocab, dtype=torch.bool, device=src.device)
         allowed.scatter_(1, lists, True)
         allowed[:, EOS] = True

@@ -71,6 +71,14 @@ def measure(args: argparse.Namespace) -> dict:
                 tokens += trainer.train_step(batches[position % len(batches)], lr)[1]
                 position += 1
             rates.append(tokens / (time.perf_counter() - start))
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.window_steps):
+                    trainer.train_step(batches[position % len(batches)], lr)
+                    position += 1
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
         model = trainer.model
     return {
         "recipe": str(args.recipe), "precision": args.precision, "batch_tokens": args.batch_tokens,
@@ -92,6 +100,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-steps", type=int, default=15)
+    parser.add_argument("--profile", action="store_true", help="also print, on stderr, the operators that take a step's time")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
@@ -111,9 +120,13 @@ def main() -> None:
                        "--batch-tokens", str(args.batch_tokens), "--warmup", str(args.warmup),
                        "--windows", str(args.windows), "--window-steps", str(args.window_steps)]
             command += ["--recipe", str(recipe)] if recipe else []
+            command += ["--profile"] if args.profile else []
             for dotted, value in args.set or []:
                 command += ["--set", dotted, value]
-            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            finished = subprocess.run(command, check=True, capture_output=True, text=True)
+            result = json.loads(finished.stdout)
+            if args.profile:
+                print(f"{recipe or 'defaults'} {precision}:\n{finished.stderr}", file=sys.stderr)
             achieved = result["tokens_per_second"] * result["flops_per_token"]
             name = Path(recipe).name if recipe else "defaults"
             print(

@@ -82,8 +82,8 @@ class RNN(nn.Module):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step of a unidirectional stack: input (B, D) → output (B, H) and the new state.
 
-        What ``forward`` computes for a one-token sequence, bit for bit on a CPU, without its
-        per-call set-up (the decoder calls this once per token). With dropout between layers in
+        What ``forward`` computes for a one-token sequence (to rounding; bit for bit for the
+        scratch stack) without its per-call set-up: the decoder calls this once per token. With dropout between layers in
         training it runs ``forward`` itself, so that the random draws stay those of a full pass.
         """
         if self.dirs != 1:

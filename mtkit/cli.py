@@ -366,7 +366,8 @@ def serve(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (as in translate).")] = "fp32",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (as in translate).")] = 250,
-    threads: Annotated[Optional[int], typer.Option(help="PyTorch threads for decoding [default: PyTorch's, as translate; another count can change scores in the last digits].")] = None,
+    quantize: Annotated[str, typer.Option(help="none, or int8 (CPU; as in translate).")] = "none",
+    threads: Annotated[Optional[int], typer.Option(help="Cores for decoding, one search thread each (default: PyTorch's thread count, as translate); scores do not depend on it.")] = None,
     max_batch: Annotated[int, typer.Option(help="Sentences decoded together across requests (1: no batching).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a decode may wait for more requests to join it.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Sentences waiting at most; past it requests get 503 + Retry-After.")] = 1024,
@@ -387,7 +388,7 @@ def serve(
     settings = ServeSettings(
         host, port, api_key, cors_origin or [], max_batch, max_wait_ms, max_queue, max_lines, max_chars, max_beam, timeout
     )
-    load = LoadOptions(checkpoint, device, precision, max_input_len)
+    load = LoadOptions(checkpoint, device, precision, max_input_len, quantize)
     run_server(model, settings, load, threads, access_log, log=lambda line: stderr.print(line, markup=False))
 
 

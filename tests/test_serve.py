@@ -198,8 +198,8 @@ def test_queue_full_answers_503_with_retry_after(tiny_run):
 
 
 def test_request_timeout_answers_504(tiny_run):
-    with ServerProcess("--model", tiny_run, "--timeout", "0.2") as server:
-        slow = server.call("/translate", {"text": sentences(64, 8, (30, 40)), "beam": 16})
+    with ServerProcess("--model", tiny_run, "--timeout", "0.2", "--max-beam", "64") as server:
+        slow = server.call("/translate", {"text": sentences(64, 8, (30, 40)), "beam": 64})  # seconds of work
         assert slow.status == 504, slow.body
         assert slow.json()["error"] == "timeout" and slow.json()["limit"] == "timeout"
         _wait_for(lambda: not server.call("/stats").json()["decoding"])

@@ -7,6 +7,7 @@ search code only needs ``Seq2Seq.encode`` and ``Seq2Seq.step``, whatever the enc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -82,9 +83,14 @@ def decode(
 
     ``workers`` > 1 searches that many batches at once, in threads that each run PyTorch's ops
     on one core (CPU translation: the ops release the GIL, and a decoder step's many small ops
-    gain little from being split across cores). Each thread runs under the caller's autocast.
+    gain little from being split across cores). Batches are made small enough that every
+    thread gets one, and the ops run on one core even where there is only one batch, so the
+    arithmetic, to the last bit, is the same whatever the number of threads or batches. Each
+    thread runs under the caller's autocast.
     """
     batch_size = batch_size or options.batch_size()
+    if workers > 1:
+        batch_size = min(batch_size, max(1, math.ceil(len(sources) / workers)))
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     device_type = torch.device(device).type
@@ -98,8 +104,8 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        if workers > 1 and len(batches) > 1:
-            with one_thread_per_op(), ThreadPoolExecutor(min(workers, len(batches))) as pool:
+        if workers > 1:
+            with one_thread_per_op(), ThreadPoolExecutor(min(workers, len(batches) or 1)) as pool:
                 found = list(pool.map(search, batches))
         else:
             found = [search(batch) for batch in batches]

@@ -39,6 +39,7 @@ class LoadOptions:
     device: str = "auto"
     precision: str = "fp32"
     max_input_len: int = 250
+    quantize: str = "none"
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ServedModel:
 
     def load(self, options: LoadOptions) -> None:
         self.translator = Translator(
-            self.path, options.checkpoint, options.device, options.max_input_len, precision=options.precision
+            self.path, options.checkpoint, options.device, options.max_input_len, options.precision, options.quantize
         )
         self.info = describe(self.name, self.translator)
 

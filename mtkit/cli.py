@@ -367,7 +367,7 @@ def serve(
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (as in translate).")] = "fp32",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (as in translate).")] = 250,
     quantize: Annotated[str, typer.Option(help="none, or int8 (CPU; as in translate).")] = "none",
-    threads: Annotated[Optional[int], typer.Option(help="Cores for decoding, one search thread each (default: PyTorch's thread count, as translate); scores do not depend on it.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Cores for decoding, one search thread each (default: PyTorch's thread count, as translate); like the batch size, it can change scores in their last digits.")] = None,
     max_batch: Annotated[int, typer.Option(help="Sentences decoded together across requests (1: no batching).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a decode may wait for more requests to join it.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Sentences waiting at most; past it requests get 503 + Retry-After.")] = 1024,

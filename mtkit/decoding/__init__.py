@@ -84,9 +84,9 @@ def decode(
     ``workers`` > 1 searches that many batches at once, in threads that each run PyTorch's ops
     on one core (CPU translation: the ops release the GIL, and a decoder step's many small ops
     gain little from being split across cores). Batches are made small enough that every
-    thread gets one, and the ops run on one core even where there is only one batch, so the
-    arithmetic, to the last bit, is the same whatever the number of threads or batches. Each
-    thread runs under the caller's autocast.
+    thread gets one, and the ops run on one core even where there is only one batch, so no
+    op's arithmetic depends on the number of cores. Each thread runs under the caller's
+    autocast.
     """
     batch_size = batch_size or options.batch_size()
     if workers > 1:

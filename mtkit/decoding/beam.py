@@ -69,6 +69,7 @@ def beam_search(
     # K × (K + 1) candidates are ranked, never all K × V.
     width = min(k + 1, model.generator.out_features - len(banned))
     every = check_every(device)
+    pending: list[tuple] = []
 
     step = 0
     while len(sentence):
@@ -86,7 +87,9 @@ def beam_search(
         top_beam = top_index // width
         top_token = row_tokens.view(-1, k * width).gather(1, top_index)
         is_eos = (top_token == EOS) & (top_scores > float("-inf"))
-        _collect(finished, threshold, sentence, is_eos[:, :k], top_beam, top_scores, history, nbest, alpha, penalty, step)
+        # Candidates ending in <eos> among the top K become finished hypotheses, read (one wait
+        # for the device) when the search next looks at which sentences are done.
+        pending.append((step, is_eos[:, :k], top_beam, top_scores, history))
 
         # The best K candidates that do not end continue as the live beams.
         order = torch.arange(2 * k, device=device).expand_as(top_scores) + is_eos * (2 * k)
@@ -100,6 +103,9 @@ def beam_search(
         prev = new_tokens.view(-1)
         if step % every:
             continue
+        for ended in pending:
+            _collect(finished, threshold, sentence, *ended, nbest, alpha, penalty)
+        pending.clear()
 
         # A sentence is done when no live beam can beat its (n-th) best finished hypothesis. A live
         # beam's log-probability can only fall, and the largest divisor it can still reach is
@@ -123,11 +129,11 @@ def beam_search(
 
 
 def _collect(
-    finished: list[list[Hypothesis]], threshold: Tensor, sentence: Tensor, ended: Tensor,
-    top_beam: Tensor, top_scores: Tensor, history: Tensor, nbest: int, alpha: float, penalty: str, step: int,
+    finished: list[list[Hypothesis]], threshold: Tensor, sentence: Tensor, step: int, ended: Tensor,
+    top_beam: Tensor, top_scores: Tensor, history: Tensor, nbest: int, alpha: float, penalty: str,
 ) -> None:
-    """Add the candidates that end with <eos> among a step's top K to their sentences' finished
-    hypotheses (a few tensor operations for all of them, then plain Python)."""
+    """Add the candidates that ended with <eos> among step ``step``'s top K to their sentences'
+    finished hypotheses (a few tensor operations for all of them, then plain Python)."""
     where = ended.nonzero()
     if not len(where):
         return

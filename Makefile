@@ -85,7 +85,11 @@ BENCH_RECIPES ?= recipes/d2l-full.toml recipes/gru.toml recipes/lstm.toml recipe
 MODEL ?= $(BENCH)/recipes/gru-attention
 DATA_DIR ?= $(BENCH)/recipes/data-gru
 
-.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve
+PEERS_VENV ?= $(WORK)/peers-venv
+BUDGET ?=
+QUICK ?=
+
+.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve bench-peers gpu-check
 
 bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget (REUSE=1 scores finished runs)
 	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES) $(if $(REUSE),--reuse)
@@ -107,3 +111,16 @@ bench-stream: install
 LOAD_SECONDS ?= 30
 bench-serve: install
 	$(BIN)/python benchmarks/serve_load.py --model $(MODEL) --data $(DATA_DIR) --seconds $(LOAD_SECONDS)
+
+# Joey NMT, the book's code (d2l) and mtkit on one split, each for BUDGET seconds (600), one
+# after the other: about 60 minutes. QUICK=1 gives each one minute (checks the script itself).
+# The peers are installed once into PEERS_VENV, with mtkit's torch.
+bench-peers: install
+	$(BIN)/python benchmarks/peers/compare.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/peers \
+	  --venv $(PEERS_VENV) $(if $(filter 1 yes true,$(QUICK)),--quick) $(if $(BUDGET),--budget $(BUDGET))
+
+# On a machine with an NVIDIA GPU and PyTorch (no network needed): tests/test_cuda.py, the three
+# precisions, 2 minutes of the best recipe in bf16 and decoding speed; summary in $(GPU_OUT).
+GPU_OUT ?= $(WORK)/gpu-check
+gpu-check:
+	OUT=$(GPU_OUT) bash benchmarks/gpu_check.sh $(or $(DATA),../shared/data/fra-eng.zip)

@@ -238,8 +238,8 @@ def summary_lines(summary: dict) -> list[str]:
                if "gpu_utilization_mean" in best else "; GPU not sampled")
         lines.append(f"best recipe, bf16, {best['train_seconds']:g} s, batches of {best['batch_tokens']:,} tokens: "
                      f"{best['tokens_per_second']:,} target tokens/s (validations excluded; "
-                     f"{best['tokens_per_second_overall']:,} overall), {best['updates']:,} updates, "
-                     f"dev BLEU {bleu:.1f}{gpu}")
+                     f"{best['tokens_per_second_overall']:,} overall; target on one H100: 150,000), "
+                     f"{best['updates']:,} updates, dev BLEU {bleu:.1f}{gpu}")
     for beam in (1, 5):
         r = stages.get(f"decode-beam{beam}", {})
         if "sentences_per_second" in r:

@@ -66,7 +66,8 @@ def test_summary_reads_every_stage():
     assert "NVIDIA H100 80GB HBM3; torch 2.5.1 (CUDA 12.4)" in text
     assert "cuda-tests       ok (40 s): 4 passed in 35.2s" in text
     assert "fp16: step 20: train 6.1, dev 5.2, step 40: train 4.9, dev 4.4; 210,000 target tokens/s; dev loss falls" in text
-    assert "180,000 target tokens/s (validations excluded; 170,000 overall), 900 updates, dev BLEU 38.5" in text
+    assert "180,000 target tokens/s (validations excluded; 170,000 overall; target on one H100: 150,000), " \
+           "900 updates, dev BLEU 38.5" in text
     assert "GPU memory 10.0 GiB (nvidia-smi peak), utilisation 71% (mean of 260 samples)" in text
     assert "greedy: 9,000 sentences/s on the test split, test BLEU 37.2" in text
     assert "decode-beam5     timed out after 60 s" in text and "beam 5:" not in text

@@ -2,6 +2,7 @@
 #
 #   make demo DATA=path/to/fra-eng.zip     preprocess → train → translate → evaluate ($(RECIPE))
 #   make test                               the fast test suite (CI runs this)
+#   make test-slow DATA=...                 the longer checks on the real corpus (minutes each)
 #   make d2l DATA=...                       the book's exact run and its four example sentences
 #   make recipe-NAME DATA=...               the pipeline for recipes/NAME.toml
 #   make install-browser                    Debian's chromium, for the browser test of `mtkit serve`

@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 
+import mtkit  # noqa: F401  first: it sets MKL_CBWR before torch starts, as in the CLI
 import torch
 
 from mtkit.data.dataset import DataDir

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mtkit  # noqa: F401  first: it sets MKL_CBWR before torch starts, as in the CLI
 import torch
 
 

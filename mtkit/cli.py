@@ -6,6 +6,7 @@ errors and 1 otherwise; ``--debug`` (anywhere on the line, or MTKIT_DEBUG=1) sho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 
 from mtkit import __version__
-from mtkit.config import Recipe, load_recipe, parse_extra_overrides, set_option
+from mtkit.config import SECTIONS, Recipe, load_recipe, parse_extra_overrides, recipe_keys, set_option
 from mtkit.errors import Interrupted, MtkitError, UsageError
 
 app = typer.Typer(
@@ -39,6 +40,19 @@ RecipeOpt = Annotated[
     typer.Option("--recipe", help="TOML recipe with \\[data], \\[model] and \\[train] settings; flags override it."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs with native bf16, else fp32), fp32, bf16 (autocast: up to twice as fast on CPUs with AVX-512 bf16, scores differ slightly) or fp16 (CUDA).")]
+# Which command reads each recipe section.
+SECTION_COMMANDS = {"data": "preprocess", "model": "train", "train": "train"}
+
+
+def _setting(dotted: str, help: str, *flags: str, default: str | None = None) -> Any:
+    """The option for a recipe setting; its help ends with mtkit's default (or ``default``)."""
+    section, _, key = dotted.partition(".")
+    if default is None:
+        value = next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+        default = str(value).lower() if isinstance(value, bool) or value is None else str(value)
+    return typer.Option(*flags, help=f"{help} \\[default: {default}]")
 
 
 def _apply(recipe: Recipe, section: str, values: dict[str, Any]) -> Recipe:
@@ -49,8 +63,13 @@ def _apply(recipe: Recipe, section: str, values: dict[str, Any]) -> Recipe:
     return recipe
 
 
-def _apply_extra(recipe: Recipe, ctx: typer.Context) -> Recipe:
+def _apply_extra(recipe: Recipe, ctx: typer.Context, sections: tuple[str, ...]) -> Recipe:
+    """Set ``--SECTION.KEY VALUE`` overrides, refusing sections this command does not read."""
     for dotted, value in parse_extra_overrides(ctx.args).items():
+        section = dotted.partition(".")[0]
+        if section in SECTION_COMMANDS and section not in sections:
+            flag = "--" + dotted.replace("_", "-")
+            raise UsageError(f"{flag} is a setting of `mtkit {SECTION_COMMANDS[section]}`, not of `mtkit {ctx.info_name}`")
         set_option(recipe, dotted, value)
     return recipe
 
@@ -79,21 +98,21 @@ def preprocess(
     train: Annotated[Optional[str], typer.Option(help="Ready-made training pairs (TSV or file prefix) instead of SOURCE.")] = None,
     dev: Annotated[Optional[str], typer.Option(help="Ready-made dev pairs.")] = None,
     test: Annotated[Optional[str], typer.Option(help="Ready-made test pairs.")] = None,
-    src_lang: Annotated[Optional[str], typer.Option(help="Source language code [default: en].")] = None,
-    tgt_lang: Annotated[Optional[str], typer.Option(help="Target language code [default: fr].")] = None,
-    reverse: Annotated[Optional[bool], typer.Option("--reverse/--no-reverse", help="Swap the columns (French→English for fra-eng).")] = None,
-    normalize: Annotated[Optional[str], typer.Option(help="clean (NFC, spaces), book (the chapter's: lowercase, space before , . ! ?) or book-cased [default: clean].")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="word (the book's) or sentencepiece [default: sentencepiece].")] = None,
-    min_freq: Annotated[Optional[int], typer.Option(help="word: keep tokens seen this often [default: 2].")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="sentencepiece: vocabulary size [default: 8000].")] = None,
-    sp_model: Annotated[Optional[str], typer.Option(help="sentencepiece: unigram or bpe [default: unigram].")] = None,
-    joint_vocab: Annotated[Optional[bool], typer.Option("--joint-vocab/--separate-vocab", help="One vocabulary for both languages.")] = None,
-    max_examples: Annotated[Optional[int], typer.Option(help="Use only the first N pairs (the book's knob).")] = None,
-    max_len: Annotated[Optional[int], typer.Option(help="Drop training pairs with a side longer than N tokens.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="grouped (shuffled, no source shared with train) or ordered (the book: file order) [default: grouped].")] = None,
-    dev_size: Annotated[Optional[int], typer.Option(help="Dev source sentences [default: 1000].")] = None,
-    test_size: Annotated[Optional[int], typer.Option(help="Test source sentences [default: 2000].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split [default: 1].")] = None,
+    src_lang: Annotated[Optional[str], _setting("data.src_lang", "Source language code.")] = None,
+    tgt_lang: Annotated[Optional[str], _setting("data.tgt_lang", "Target language code.")] = None,
+    reverse: Annotated[Optional[bool], _setting("data.reverse", "Swap the columns (French→English for fra-eng).", "--reverse/--no-reverse")] = None,
+    normalize: Annotated[Optional[str], _setting("data.normalize", "clean (NFC, spaces), book (the chapter's: lowercase, space before , . ! ?) or book-cased.")] = None,
+    tokenizer: Annotated[Optional[str], _setting("data.tokenizer", "word (the book's) or sentencepiece.")] = None,
+    min_freq: Annotated[Optional[int], _setting("data.min_freq", "word: keep tokens seen this often.")] = None,
+    vocab_size: Annotated[Optional[int], _setting("data.vocab_size", "sentencepiece: vocabulary size.")] = None,
+    sp_model: Annotated[Optional[str], _setting("data.sp_model", "sentencepiece: unigram or bpe.")] = None,
+    joint_vocab: Annotated[Optional[bool], _setting("data.joint_vocab", "One vocabulary for both languages.", "--joint-vocab/--separate-vocab")] = None,
+    max_examples: Annotated[Optional[int], _setting("data.max_examples", "Use only the first N pairs (the book's knob).", default="all")] = None,
+    max_len: Annotated[Optional[int], _setting("data.max_len", "Drop training pairs with a side longer than N tokens.")] = None,
+    split: Annotated[Optional[str], _setting("data.split", "grouped (shuffled, no source shared with train) or ordered (the book: file order).")] = None,
+    dev_size: Annotated[Optional[int], _setting("data.dev_size", "Dev source sentences.")] = None,
+    test_size: Annotated[Optional[int], _setting("data.test_size", "Test source sentences.")] = None,
+    seed: Annotated[Optional[int], _setting("data.seed", "Seed of the split.")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Turn raw parallel text into a data directory: split, normalise, tokenise, encode."""
@@ -101,7 +120,7 @@ def preprocess(
 
     config = load_recipe(recipe)
     _apply(config, "data", {k: v for k, v in locals().items() if k in _DATA_FLAGS})
-    _apply_extra(config, ctx)
+    _apply_extra(config, ctx, ("data",))
     report = run_preprocess(config.data, out, source, train, dev, test, force, progress=stderr.is_terminal)
     print_report(report, stdout)
 
@@ -112,13 +131,23 @@ _DATA_FLAGS = {
 }
 _MODEL_FLAGS = {
     "cell", "impl", "embed", "hidden", "layers", "decoder_layers", "bidirectional", "bridge",
-    "attention", "attention_score", "context_input", "dropout", "tie_embeddings",
+    "attention", "attention_score", "context_input", "dropout", "tie_embeddings", "source_steps",
+    "decode_steps", "output_init",
 }
 _TRAIN_FLAGS = {
     "lr", "batch_size", "batch_tokens", "seed", "max_epochs", "max_steps", "max_time",
     "valid_every", "valid_beam", "precision", "device", "schedule", "warmup", "label_smoothing",
-    "patience", "stop_on", "save_every", "clip_norm",
+    "patience", "stop_on", "save_every", "clip_norm", "keep_checkpoints", "log_every", "truncate",
+    "plateau_factor", "plateau_patience", "shuffled_batches",
 }
+_LIMIT_FLAGS = ("max_steps", "max_epochs", "max_time")
+SEED_HELP = (
+    "Random seed of the weights, dropout and batch order. A run limited by --max-steps or "
+    "--max-epochs repeats bit for bit with the same seed, settings and machine (on a CPU, also "
+    "with the same thread count), and resumes bit for bit after Ctrl-C. A --max-time run takes as "
+    "many steps as the machine manages, and with --schedule linear its learning rate at each "
+    "step follows the clock too; everything else is fixed by the seed."
+)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -128,72 +157,100 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     recipe: RecipeOpt = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from its last.pt with its saved config (raise limits with --max-*).")] = None,
-    cell: Annotated[Optional[str], typer.Option(help="gru or lstm.")] = None,
-    impl: Annotated[Optional[str], typer.Option(help="fused (nn.GRU/nn.LSTM kernels) or scratch (the chapter's gate equations).")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Embedding size.")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="RNN hidden size (per direction).")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Encoder RNN layers (the decoder's too unless --decoder-layers).")] = None,
-    decoder_layers: Annotated[Optional[int], typer.Option(help="Decoder RNN layers (needs --bridge linear/zero if different).")] = None,
-    bidirectional: Annotated[Optional[bool], typer.Option("--bidirectional/--unidirectional", help="Bidirectional encoder.")] = None,
-    bridge: Annotated[Optional[str], typer.Option(help="Decoder initial state: last (the book's hand-off), linear or zero.")] = None,
-    attention: Annotated[Optional[str], typer.Option(help="none (the book's fixed context), bahdanau or luong.")] = None,
-    attention_score: Annotated[Optional[str], typer.Option(help="Luong score: general or dot.")] = None,
-    context_input: Annotated[Optional[bool], typer.Option("--context-input/--no-context-input", help="Luong: also feed the book's fixed context to every decoder input.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between RNN layers.")] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--no-tie-embeddings", help="Share the target embeddings with the output layer (needs embed == hidden).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="constant, linear (to zero at the budget's end), inverse-sqrt or plateau.")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps (linear, inverse-sqrt).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sentences per batch (instead of --batch-tokens).")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Target tokens per length-bucketed batch.")] = None,
-    clip_norm: Annotated[Optional[float], typer.Option(help="Global gradient-norm clipping.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the loss.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; a CPU run with the same seed repeats exactly.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(help="Stop after N epochs [default: 10 when no limit is given].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N updates.")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 600, 90s, 10m, 1h30m.")] = None,
-    valid_every: Annotated[Optional[int], typer.Option(help="Validate every N steps [default: every epoch].")] = None,
-    valid_beam: Annotated[Optional[int], typer.Option(help="Beam size for dev BLEU (1 = greedy, fastest).")] = None,
-    stop_on: Annotated[Optional[str], typer.Option(help="Metric for best.pt and early stopping: bleu, chrf or loss.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N validations without improvement.")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps between validations.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on capable GPUs, else fp32), fp32, bf16 or fp16 (CUDA).")] = None,
+    cell: Annotated[Optional[str], _setting("model.cell", "gru or lstm.")] = None,
+    impl: Annotated[Optional[str], _setting("model.impl", "fused (nn.GRU/nn.LSTM kernels) or scratch (the chapter's gate equations).")] = None,
+    embed: Annotated[Optional[int], _setting("model.embed", "Embedding size.")] = None,
+    hidden: Annotated[Optional[int], _setting("model.hidden", "RNN hidden size (per direction).")] = None,
+    layers: Annotated[Optional[int], _setting("model.layers", "Encoder RNN layers (the decoder's too unless --decoder-layers).")] = None,
+    decoder_layers: Annotated[Optional[int], _setting("model.decoder_layers", "Decoder RNN layers (needs --bridge linear/zero if different).", default="--layers")] = None,
+    bidirectional: Annotated[Optional[bool], _setting("model.bidirectional", "Bidirectional encoder.", "--bidirectional/--unidirectional")] = None,
+    bridge: Annotated[Optional[str], _setting("model.bridge", "Decoder initial state: last (the book's hand-off), linear or zero.")] = None,
+    attention: Annotated[Optional[str], _setting("model.attention", "none (the book's fixed context), bahdanau or luong.")] = None,
+    attention_score: Annotated[Optional[str], _setting("model.attention_score", "Luong score: general or dot.")] = None,
+    context_input: Annotated[Optional[bool], _setting("model.context_input", "Luong: also feed the book's fixed context to every decoder input.", "--context-input/--no-context-input")] = None,
+    dropout: Annotated[Optional[float], _setting("model.dropout", "Dropout between RNN layers.")] = None,
+    tie_embeddings: Annotated[Optional[bool], _setting("model.tie_embeddings", "Share the target embeddings with the output layer (needs embed == hidden).", "--tie-embeddings/--no-tie-embeddings")] = None,
+    source_steps: Annotated[Optional[int], _setting("model.source_steps", "The book's encoder: run over every source padded or cut to N tokens, <pad>s included (none: packed, padding unseen).")] = None,
+    decode_steps: Annotated[Optional[int], _setting("model.decode_steps", "The book's prediction: at most N tokens (and <eos>) unless --max-len-a/-b say otherwise.")] = None,
+    output_init: Annotated[Optional[str], _setting("model.output_init", "The output layer's initialisation: xavier, or pytorch (the book's, whose LazyLinear escapes Xavier).")] = None,
+    lr: Annotated[Optional[float], _setting("train.lr", "Adam learning rate.")] = None,
+    schedule: Annotated[Optional[str], _setting("train.schedule", "constant, linear (to zero at the first limit), inverse-sqrt or plateau.")] = None,
+    warmup: Annotated[Optional[int], _setting("train.warmup", "Warm-up steps: the rate rises linearly to --lr over the first N steps, under every schedule.")] = None,
+    plateau_factor: Annotated[Optional[float], _setting("train.plateau_factor", "plateau: multiply the rate by this after --plateau-patience validations without a better dev score.")] = None,
+    plateau_patience: Annotated[Optional[int], _setting("train.plateau_patience", "plateau: validations without a better dev score before the rate drops.")] = None,
+    batch_size: Annotated[Optional[int], _setting("train.batch_size", "Sentences per batch (instead of --batch-tokens).")] = None,
+    batch_tokens: Annotated[Optional[int], _setting("train.batch_tokens", "Target tokens per length-bucketed batch.")] = None,
+    truncate: Annotated[Optional[int], _setting("train.truncate", "Cut every sentence to N tokens counting <eos> (the book's num_steps).")] = None,
+    shuffled_batches: Annotated[Optional[bool], _setting("train.shuffled_batches", "The book's batches: --batch-size sentences in a new random order each epoch, instead of length buckets.", "--shuffled-batches/--bucketed-batches")] = None,
+    clip_norm: Annotated[Optional[float], _setting("train.clip_norm", "Global gradient-norm clipping.")] = None,
+    label_smoothing: Annotated[Optional[float], _setting("train.label_smoothing", "Label smoothing of the loss.")] = None,
+    seed: Annotated[Optional[int], _setting("train.seed", SEED_HELP)] = None,
+    max_epochs: Annotated[Optional[int], _setting("train.max_epochs", "Stop after N epochs.", default="10 when no limit is given")] = None,
+    max_steps: Annotated[Optional[int], _setting("train.max_steps", "Stop after N updates.")] = None,
+    max_time: Annotated[Optional[str], _setting("train.max_time", "Stop after this long, e.g. 600, 90s, 10m, 1h30m.")] = None,
+    valid_every: Annotated[Optional[int], _setting("train.valid_every", "Validate every N steps.", default="every epoch")] = None,
+    valid_beam: Annotated[Optional[int], _setting("train.valid_beam", "Beam size for dev BLEU (1 = greedy, fastest).")] = None,
+    stop_on: Annotated[Optional[str], _setting("train.stop_on", "Metric for best.pt and early stopping: bleu, chrf or loss.")] = None,
+    patience: Annotated[Optional[int], _setting("train.patience", "Stop after N validations without improvement.")] = None,
+    save_every: Annotated[Optional[int], _setting("train.save_every", "Also checkpoint every N steps between validations.")] = None,
+    keep_checkpoints: Annotated[Optional[int], _setting("train.keep_checkpoints", "Numbered checkpoints (step-N.pt) kept for `mtkit average`; 0 keeps none.")] = None,
+    log_every: Annotated[Optional[int], _setting("train.log_every", "Log a progress line every N steps.")] = None,
+    device: Annotated[Optional[str], _setting("train.device", "auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[str], _setting("train.precision", "auto (bf16 on GPUs with native bf16, else fp32), fp32, bf16 or fp16 (CUDA).")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Train in N processes (DistributedDataParallel via torchrun).")] = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory when the new run ends; until then it trains in RUN_DIR.new.")] = False,
 ) -> None:
     """Train a model; the first limit reached (--max-epochs/--max-steps/--max-time) ends it.
 
     Any recipe value can also be set as --SECTION.KEY VALUE, e.g. --train.clip-norm 5.
     Ctrl-C saves the state; continue with --resume RUN_DIR.
     """
-    from mtkit.training.distributed import launch
-    from mtkit.training.loop import LIMITS, resume as resume_training, train as run_training
+    from mtkit.training.loop import resume as resume_training, train as run_training
 
-    if nproc is not None and nproc > 1:
-        argv = [a for a in sys.argv[1:] if a != "--debug"]
-        at = argv.index("--nproc") if "--nproc" in argv else None
-        argv = argv[:at] + argv[at + 2 :] if at is not None else [a for a in argv if not a.startswith("--nproc=")]
-        code = launch(nproc, argv)
-        if code:
-            raise typer.Exit(code)
-        return
     values = locals()
+    if nproc is not None and nproc > 1:
+        _launch_processes(nproc, resume)
+    elif resume is not None:
+        resume_training(resume, _resume_limits(values, ctx), stderr)
+    else:
+        config, data_keys = _train_recipe(values, ctx)
+        run_training(config, data, out, force, stderr, data_keys)
+
+
+def _launch_processes(nproc: int, resume: Optional[Path]) -> None:
+    """Run this very command line, without --nproc, in ``nproc`` processes through torchrun."""
+    from mtkit.rundir import RunDir
+    from mtkit.training.distributed import launch
+
     if resume is not None:
-        others = [k for k in ("data", "out", "recipe", *_MODEL_FLAGS, *_TRAIN_FLAGS - set(LIMITS)) if values[k] is not None]
-        if others or ctx.args:
-            raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time)")
-        resume_training(resume, {k: values[k] for k in ("max_steps", "max_epochs", "max_time")}, stderr)
-        return
-    if data is None or out is None:
+        RunDir(resume).check_processes(nproc)
+    argv = [a for a in sys.argv[1:] if a != "--debug"]
+    at = argv.index("--nproc") if "--nproc" in argv else None
+    argv = argv[:at] + argv[at + 2 :] if at is not None else [a for a in argv if not a.startswith("--nproc=")]
+    code = launch(nproc, argv)
+    if code:
+        raise typer.Exit(code)
+
+
+def _resume_limits(values: dict[str, Any], ctx: typer.Context) -> dict[str, Any]:
+    """The limits given with --resume; anything else would no longer be the same run."""
+    others = [k for k in ("data", "out", "recipe", *_MODEL_FLAGS, *_TRAIN_FLAGS - set(_LIMIT_FLAGS)) if values[k] is not None]
+    if others or ctx.args:
+        raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time)")
+    return {k: values[k] for k in _LIMIT_FLAGS}
+
+
+def _train_recipe(values: dict[str, Any], ctx: typer.Context) -> tuple[Recipe, set[str]]:
+    """The recipe with the command line's settings, and the data settings the recipe file gives."""
+    if values["data"] is None or values["out"] is None:
         raise UsageError("give --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
-    if batch_size is not None and batch_tokens is not None:
+    if values["batch_size"] is not None and values["batch_tokens"] is not None:
         raise UsageError("give --batch-size or --batch-tokens, not both")
-    config = load_recipe(recipe)
+    config = load_recipe(values["recipe"])
     _apply(config, "model", {k: values[k] for k in _MODEL_FLAGS})
     _apply(config, "train", {k: values[k] for k in _TRAIN_FLAGS})
-    _apply_extra(config, ctx)
-    run_training(config, data, out, force, stderr)
+    _apply_extra(config, ctx, ("model", "train"))
+    return config, recipe_keys(values["recipe"], "data")
 
 
 @app.command()
@@ -208,18 +265,18 @@ def translate(
     nbest: Annotated[int, typer.Option(help="Print the N best (N <= beam) as `index ||| hypothesis ||| score`.")] = 1,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (one JSON object per input with its n-best list).")] = "text",
     search: Annotated[str, typer.Option(help="beam, or exhaustive (tiny vocabularies only: teaching and testing).")] = "beam",
-    batch_size: Annotated[Optional[int], typer.Option(help="Sentences decoded together [default: 512/beam]; results never depend on it.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sentences decoded together \\[default: 512/beam]; results never depend on it.")] = None,
     buffer: Annotated[int, typer.Option(help="Lines read and written per chunk (bounds memory).")] = 10_000,
-    max_len_a: Annotated[float, typer.Option(help="Output length limit: a·(source length) + b tokens.")] = 2.0,
-    max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = 10,
+    max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit: a·(source length) + b tokens, <eos> included \\[default: 2·|x| + 10; for a model with decode_steps N, N + 1].")] = None,
+    max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
     no_unk: Annotated[bool, typer.Option("--no-unk", help="Never output <unk>.")] = False,
     tokenized: Annotated[bool, typer.Option("--tokenized", help="Print tokens/pieces instead of detokenised text.")] = False,
     show_attention: Annotated[bool, typer.Option("--show-attention", help="Print each sentence's attention as a heatmap on stderr.")] = False,
     attention_png: Annotated[Optional[Path], typer.Option(help="Save each sentence's attention heatmap as PREFIX-N.png (needs matplotlib).")] = None,
     encoding_errors: Annotated[str, typer.Option(help="Invalid UTF-8 in the input: replace (and count) or strict (stop).")] = "replace",
     max_input_len: Annotated[int, typer.Option(help="Longer inputs are cut to this many tokens (and counted).")] = 250,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast: up to twice as fast on CPUs with AVX-512 bf16, scores differ slightly).")] = "fp32",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     quantize: Annotated[str, typer.Option(help="none, or int8: the decoder's matrix products in 8-bit integers (CPU; faster, scores differ slightly).")] = "none",
     shortlist: Annotated[int, typer.Option(help="Score only the K most frequent target tokens and each source token's K most associated ones (learnt from the training data); 0: the whole vocabulary.")] = 0,
     shortlist_data: Annotated[Optional[Path], typer.Option(help="Data directory to learn --shortlist from (default: the one the model was trained on).")] = None,
@@ -229,14 +286,10 @@ def translate(
     from mtkit.fileio import ReadStats, read_lines
     from mtkit.translate import Translator, interactive
 
-    if output_format not in ("text", "jsonl"):
-        raise UsageError("--format must be text or jsonl")
-    if encoding_errors not in ("replace", "strict"):
-        raise UsageError("--encoding-errors must be replace or strict")
-    if (batch_size is not None and batch_size < 1) or buffer < 1 or max_input_len < 1:
-        raise UsageError("--batch-size, --buffer and --max-input-len must be at least 1")
-    options = SearchOptions(search, beam, alpha, length_penalty, nbest, max_len_a, max_len_b, no_unk)
+    _check_translate_options(output_format, encoding_errors, batch_size, buffer, max_input_len)
     translator = Translator(model, checkpoint, device, max_input_len, precision, quantize, shortlist, shortlist_data)
+    limit = translator.run.recipe.model.length_limit(max_len_a, max_len_b)
+    options = SearchOptions(search, beam, alpha, length_penalty, nbest, *limit, no_unk)
     if input == "-" and output == "-" and output_format == "text" and sys.stdin.isatty():
         interactive(translator, options, stderr, tokenized)
         return
@@ -249,7 +302,22 @@ def translate(
     else:
         outputs = translator.stream(lines, options, batch_size, buffer, tokenized, output_format)
     _write_lines(outputs, output)
-    done = translator.stats
+    _warn_repairs(read, translator.stats, max_input_len)
+
+
+def _check_translate_options(
+    output_format: str, encoding_errors: str, batch_size: Optional[int], buffer: int, max_input_len: int
+) -> None:
+    if output_format not in ("text", "jsonl"):
+        raise UsageError("--format must be text or jsonl")
+    if encoding_errors not in ("replace", "strict"):
+        raise UsageError("--encoding-errors must be replace or strict")
+    if (batch_size is not None and batch_size < 1) or buffer < 1 or max_input_len < 1:
+        raise UsageError("--batch-size, --buffer and --max-input-len must be at least 1")
+
+
+def _warn_repairs(read, done, max_input_len: int) -> None:
+    """One warning line counting the input lines that were repaired, cut or left untranslated."""
     notes = [
         f"{count:,} {what}" for count, what in (
             (read.replaced, "with invalid UTF-8 replaced"),
@@ -258,7 +326,7 @@ def translate(
         ) if count
     ]
     if notes:
-        stderr.print(f"mtkit: warning: of {done.lines:,} lines, " + "; ".join(notes), highlight=False)
+        stderr.print(f"mtkit: warning: of {done.lines:,} lines, " + "; ".join(notes), highlight=False, markup=False)
 
 
 def _with_attention(
@@ -307,8 +375,9 @@ def evaluate(
     beam: Annotated[int, typer.Option(help="With --model: beam size (1 = greedy).")] = 1,
     alpha: Annotated[float, typer.Option(help="With --model: length normalisation exponent.")] = 0.75,
     length_penalty: Annotated[str, typer.Option(help="With --model: book or gnmt.")] = "book",
-    batch_size: Annotated[Optional[int], typer.Option(help="With --model: sentences decoded together [default: 512/beam].")] = None,
-    precision: Annotated[str, typer.Option(help="With --model: fp32 or bf16 decoding.")] = "fp32",
+    batch_size: Annotated[Optional[int], typer.Option(help="With --model: sentences decoded together \\[default: 512/beam].")] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     quantize: Annotated[str, typer.Option(help="With --model: none, or int8 (see translate --help).")] = "none",
     shortlist: Annotated[int, typer.Option(help="With --model: a vocabulary shortlist of K, learnt from --data's training split (see translate --help).")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (bleu, chrf, ter, signatures).")] = False,
@@ -326,11 +395,8 @@ def evaluate(
             raise UsageError("give either --model with --data, or --hyp with --ref")
         if data is None:
             raise UsageError("--model needs --data (the data directory holding the split)")
-        from mtkit.decoding import SearchOptions
-
-        options = SearchOptions(beam=beam, alpha=alpha, length_penalty=length_penalty)
         hypotheses, references = translate_split(
-            model, data, split, checkpoint, options, batch_size, precision, quantize, shortlist
+            model, data, split, checkpoint, beam, alpha, length_penalty, batch_size, precision, device, quantize, shortlist
         )
         if output is not None:
             from mtkit.fileio import write_lines
@@ -396,15 +462,17 @@ def serve(
 def average(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with numbered checkpoints (step-N.pt).")],
     last: Annotated[int, typer.Option(help="Average the N most recent numbered checkpoints.")] = 5,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write [default: RUN_DIR/averaged.pt].")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write \\[default: RUN_DIR/averaged.pt].")] = None,
 ) -> None:
     """Average the parameters of a run's last N checkpoints into a new model.
 
     Translate with it: mtkit translate --model RUN_DIR --checkpoint averaged
     """
     from mtkit.rundir import RunDir
-    from mtkit.training.checkpoint import average_checkpoints, numbered_checkpoints, save_checkpoint
+    from mtkit.checkpoint import average_checkpoints, numbered_checkpoints, save_checkpoint
 
+    if last < 1:
+        raise UsageError(f"--last must be at least 1 (got {last})")
     run = RunDir(run_dir)
     chosen = numbered_checkpoints(run.path)[-last:]
     if len(chosen) < last:

@@ -12,6 +12,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,21 +57,34 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The encoder-decoder architecture; ``translate`` rebuilds exactly this from config.json."""
+    """The encoder-decoder architecture; ``translate`` rebuilds exactly this from config.json.
+    The defaults (and TrainConfig's optimiser settings) are the best recipe's, the Makefile's
+    RECIPE; tests/test_recipes.py holds them to it."""
 
     cell: str = _choice("gru", "gru", "lstm")
     impl: str = _choice("fused", "fused", "scratch")
     embed: int = _range(256, 1)
     hidden: int = _range(256, 1)
-    layers: int = _range(2, 1)
+    layers: int = _range(1, 1)
     decoder_layers: int | None = _range(None, 1)
-    bidirectional: bool = False
-    bridge: str = _choice("last", "last", "linear", "zero")
-    attention: str = _choice("none", "none", "bahdanau", "luong")
+    bidirectional: bool = True
+    bridge: str = _choice("linear", "last", "linear", "zero")
+    attention: str = _choice("bahdanau", "none", "bahdanau", "luong")
     attention_score: str = _choice("general", "general", "dot")
     context_input: bool = False  # luong: also feed the book's fixed context c to the decoder
-    dropout: float = _range(0.2, 0.0, 0.99)
+    dropout: float = _range(0.0, 0.0, 0.99)
     tie_embeddings: bool = False
+    # The book's procedure, each off by default (recipes/d2l.toml turns them on):
+    source_steps: int | None = _range(None, 1)  # encode sources padded or cut to N tokens, over the <pad>s
+    decode_steps: int | None = _range(None, 1)  # predict at most N tokens (then <eos>) by default
+    output_init: str = _choice("xavier", "xavier", "pytorch")  # the output layer's initialisation
+
+    def length_limit(self, a: float | None = None, b: int | None = None) -> tuple[float, int]:
+        """The search's output limit a·|source| + b tokens, <eos> included: as given, else
+        ``decode_steps`` (and <eos>) for a model that has them, else 2·|source| + 10."""
+        if a is None and b is None and self.decode_steps:
+            return 0.0, self.decode_steps + 1
+        return (2.0 if a is None else a), (10 if b is None else b)
 
 
 @dataclass
@@ -78,9 +92,9 @@ class TrainConfig:
     """Optimisation, batching, limits, validation and checkpoints for ``mtkit train``."""
 
     batch_size: int | None = _range(None, 1)
-    batch_tokens: int | None = _range(2000, 1)
-    lr: float = _range(0.005, 0.0)
-    schedule: str = _choice("constant", "constant", "linear", "inverse-sqrt", "plateau")
+    batch_tokens: int | None = _range(2500, 1)
+    lr: float = _range(0.003, 0.0)
+    schedule: str = _choice("linear", "constant", "linear", "inverse-sqrt", "plateau")
     warmup: int = _range(0, 0)
     plateau_factor: float = _range(0.5, 0.0, 1.0)
     plateau_patience: int = _range(2, 1)
@@ -90,6 +104,7 @@ class TrainConfig:
     max_steps: int | None = _range(None, 1)
     max_time: float | None = None
     truncate: int | None = _range(None, 2)
+    shuffled_batches: bool = False  # the book's: batch_size sentences in a random order, not length buckets
     valid_every: int | None = _range(None, 1)
     valid_beam: int = _range(1, 1)
     stop_on: str = _choice("bleu", "bleu", "chrf", "loss")
@@ -128,17 +143,33 @@ class Recipe:
         return recipe
 
 
-def load_recipe(path: str | Path | None) -> Recipe:
-    if path is None:
-        return Recipe()
+def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"recipe not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a valid TOML recipe ({exc})") from None
-    return Recipe.from_dict(raw, str(path))
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """A recipe file's settings over mtkit's defaults (the defaults alone for None)."""
+    return Recipe() if path is None else Recipe.from_dict(read_toml(path), str(path))
+
+
+def recipe_keys(path: str | Path | None, section: str) -> set[str]:
+    """The settings a recipe file gives in ``section`` (none for no file)."""
+    return set(read_toml(path).get(section, {})) if path is not None else set()
+
+
+def data_differences(expected: DataConfig, made_with: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """``key value (recipe: value)`` for each of ``keys`` where a data directory's settings
+    (``made_with``, from its manifest) differ from ``expected``."""
+    return [
+        f"{key} {made_with.get(key)!r} (recipe: {getattr(expected, key)!r})"
+        for key in sorted(keys) if made_with.get(key) != getattr(expected, key)
+    ]
 
 
 def field_type(section_cls: type, name: str) -> tuple[type, bool]:

@@ -60,6 +60,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def append_json_line(path: str | Path, obj: Any) -> None:
+    """Add one JSON object as a line to a log such as metrics.jsonl (a line is written whole)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
@@ -107,13 +113,19 @@ def staged_dir(path: str | Path, force: bool, what: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; give the usual permissions
+    replace_dir(staging, path)
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put the directory ``new`` at ``path`` by renames; whatever was at ``path`` stays there
+    until the swap and is then removed."""
     if path.exists() or path.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
         os.replace(path, old / "replaced")  # a rename: the old one is kept until the swap
-        os.replace(staging, path)
+        os.replace(new, path)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(staging, path)
+        os.replace(new, path)
 
 
 def prepare_output_dir(path: str | Path, force: bool, what: str) -> Path:

@@ -21,13 +21,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def plot_runs(run_dirs: list[Path], output: Path) -> None:
-    try:
-        import matplotlib
+    """Draw the runs' curves (``draw_runs``) into a PNG file."""
+    plt = _pyplot()
+    figure = draw_runs(run_dirs)
+    with atomic_write(output, binary=True) as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MtkitError("mtkit plot needs matplotlib: pip install 'mtkit[plot]' (or pip install matplotlib)") from None
+
+def draw_runs(run_dirs: list[Path]):
+    """A figure with one panel per curve (rows) and x axis (columns), one line per run."""
+    plt = _pyplot()
     runs = [(path.name or str(path), read_metrics(path)) for path in run_dirs]
     figure, grid = plt.subplots(len(CURVES), len(AXES), figsize=(11, 9), squeeze=False)
     for row, (key, label) in enumerate(CURVES):
@@ -41,9 +45,19 @@ def plot_runs(run_dirs: list[Path], output: Path) -> None:
             ax.grid(alpha=0.3)
     grid[0][0].legend()
     figure.tight_layout()
-    with atomic_write(output, binary=True) as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def _pyplot(missing: str = "mtkit plot needs matplotlib: pip install 'mtkit[plot]' (or pip install matplotlib)"):
+    """matplotlib's pyplot drawing off screen, or the error ``missing`` saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MtkitError(missing) from None
+    return plt
 
 
 def attention_weights(model, src_ids: list[int], tgt_ids: list[int]):
@@ -83,13 +97,7 @@ def render_attention(console, src_tokens: list[str], tgt_tokens: list[str], weig
 
 
 def save_attention_png(path: Path, src_tokens: list[str], tgt_tokens: list[str], weights) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MtkitError("--attention-png needs matplotlib: pip install 'mtkit[plot]' (or use --show-attention)") from None
+    plt = _pyplot("--attention-png needs matplotlib: pip install 'mtkit[plot]' (or use --show-attention)")
     figure, ax = plt.subplots(figsize=(1 + 0.5 * len(src_tokens), 1 + 0.4 * len(tgt_tokens)))
     ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=60, ha="right")

@@ -2,29 +2,72 @@
 
 RUN_DIR/config.json    the resolved recipe (data options, model, training) and tokeniser files
 RUN_DIR/vocab.*, spm.* tokenisers copied from the data directory
-RUN_DIR/best.pt        weights with the best dev BLEU; last.pt adds optimizer and progress
+RUN_DIR/best.pt        weights with the best dev score; last.pt adds optimiser and progress
 RUN_DIR/metrics.jsonl  one line per validation; train.log the training log
+
+A run that replaces an existing directory (``--force``) trains beside it, in RUN_DIR.new, and is
+swapped in when it ends; stopped before that, it leaves RUN_DIR as it was.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtkit import __version__
-from mtkit.config import Recipe
+from mtkit.checkpoint import load_checkpoint
+from mtkit.config import Recipe, TrainConfig
 from mtkit.data.dataset import DataDir
 from mtkit.data.tokenizers import TextProcessor, load_tokenizer
 from mtkit.errors import CheckpointError, MtkitError, UsageError
-from mtkit.fileio import read_json, write_json
+from mtkit.fileio import check_output_dir, read_json, replace_dir, write_json
 from mtkit.models.seq2seq import Seq2Seq, build_model
-from mtkit.training.checkpoint import load_checkpoint
+
+REPLACES = "REPLACES"  # in a staged run directory: the name of the directory it replaces
 
 
-def write_run_config(run_dir: Path, recipe: Recipe, data: DataDir) -> None:
+def new_run_dir(path: str | Path, force: bool) -> Path:
+    """Create the directory a new run trains in and return it.
+
+    A new (or empty) ``path`` is used as it is, so a stopped run resumes there. An existing one
+    (only with ``force``) stays as it was while the run trains in ``path.new``, which replaces
+    it when the run ends (``finish_run_dir``); a run stopped before then resumes from there.
+    """
+    path = check_output_dir(path, force, "run directory")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    staging = path.with_name(path.name + ".new")
+    if staging.exists():
+        if not (staging / REPLACES).is_file():
+            raise MtkitError(f"{staging} exists and is not a stopped run of {path}: move it away first")
+        shutil.rmtree(staging)  # an earlier replacement of path that never ended
+    staging.mkdir()
+    (staging / REPLACES).write_text(path.name + "\n", encoding="utf-8")
+    return staging
+
+
+def replaced_by(run_dir: Path) -> Path | None:
+    """The directory a staged run will replace when it ends (None for an ordinary run)."""
+    marker = run_dir / REPLACES
+    return run_dir.parent / marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+
+
+def finish_run_dir(run_dir: Path) -> Path:
+    """Swap a staged run that has ended into the directory it replaces; return where it is."""
+    target = replaced_by(run_dir)
+    if target is None:
+        return run_dir
+    (run_dir / REPLACES).unlink()
+    replace_dir(run_dir, target)
+    return target
+
+
+def save_run_config(run_dir: Path, recipe: Recipe, data: DataDir, processes: int) -> None:
     """Copy the tokenisers in and save the fully resolved configuration as JSON."""
     tokenizers = {}
     for side, info in data.manifest["tokenizers"].items():
@@ -37,7 +80,8 @@ def write_run_config(run_dir: Path, recipe: Recipe, data: DataDir) -> None:
         run_dir / "config.json",
         {
             "mtkit_version": __version__,
-            "data_dir": str(data.path),
+            "data_dir": str(data.path.resolve()),  # absolute: --resume works from anywhere
+            "processes": processes,  # a resumed run must use as many
             "src_lang": data.src_lang,
             "tgt_lang": data.tgt_lang,
             "tokenizers": tokenizers,
@@ -63,6 +107,29 @@ class RunDir:
         except KeyError as exc:
             raise UsageError(f"{self.path / 'config.json'}: missing entry {exc}") from None
         self.raw = raw
+        self.processes = int(raw.get("processes", 1))
+
+    def check_processes(self, processes: int) -> None:
+        """A run resumes in as many processes as it trained in: the batches, the position in the
+        epoch and every process's random state depend on it."""
+        if processes != self.processes:
+            raise UsageError(
+                f"{self.path} was trained in {self.processes} process(es): resume it with "
+                f"--nproc {self.processes} (not {processes}), so that it sees the same batches"
+            )
+
+    def data_dir(self) -> DataDir:
+        """The data directory the run trained on (for --resume)."""
+        path = Path(self.raw["data_dir"])
+        if not path.is_absolute():  # written by an earlier version, relative to where it ran
+            path = path.resolve()
+        if not (path / "manifest.json").is_file():
+            raise MtkitError(f"{self.path}: its data directory {path} is gone; --resume needs it")
+        return DataDir(path)
+
+    def save_train_config(self, train: TrainConfig) -> None:
+        """Record changed training settings (the raised limits of a resumed run)."""
+        write_json(self.path / "config.json", {**self.raw, "train": asdict(train)})
 
     def processor(self, side: str) -> TextProcessor:
         info = self.tokenizers[side]

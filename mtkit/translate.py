@@ -39,8 +39,8 @@ class Translator:
     """A loaded model with its tokenisers, ready to translate raw sentences."""
 
     def __init__(
-        self, run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
-        max_input_len: int = 250, precision: str = "fp32", quantize: str = "none", shortlist: int = 0,
+        self, run_dir: str | Path, checkpoint: str | None = None, device: str = "auto",
+        max_input_len: int = 250, precision: str = "auto", quantize: str = "none", shortlist: int = 0,
         shortlist_data: str | Path | None = None,
     ) -> None:
         keep_freed_memory()
@@ -184,18 +184,21 @@ def learn_shortlist(run: RunDir, k: int, data_dir: str | Path | None = None) -> 
 
 def translate_split(
     run_dir: str | Path, data_dir: str | Path, split: str, checkpoint: str | None = None,
-    options: SearchOptions | None = None, batch_size: int | None = None, precision: str = "fp32",
-    quantize: str = "none", shortlist: int = 0,
+    beam: int = 1, alpha: float = 0.75, length_penalty: str = "book", batch_size: int | None = None,
+    precision: str = "auto", device: str = "auto", quantize: str = "none", shortlist: int = 0,
 ) -> tuple[list[str], list[list[str]]]:
-    """Translate a data directory's dev or test sources; return outputs and their references.
-    A ``shortlist`` is learnt from the same data directory's training split."""
+    """Translate a data directory's dev or test sources with the model's own output length
+    limit; return outputs and their references. A ``shortlist`` is learnt from the same data
+    directory's training split."""
     if split not in ("dev", "test"):
         raise UsageError(f"--split must be dev or test, not {split!r}")
     evalset = DataDir(data_dir).eval_set(split)
     translator = Translator(
-        str(run_dir), checkpoint, precision=precision, quantize=quantize, shortlist=shortlist, shortlist_data=data_dir
+        str(run_dir), checkpoint, device, precision=precision, quantize=quantize, shortlist=shortlist, shortlist_data=data_dir
     )
-    outputs = translator.translate(evalset.sources, options or SearchOptions(), batch_size)
+    max_len_a, max_len_b = translator.run.recipe.model.length_limit()
+    options = SearchOptions(beam=beam, alpha=alpha, length_penalty=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b)
+    outputs = translator.translate(evalset.sources, options, batch_size)
     return outputs, evalset.references
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import subprocess
 import sys
 import zipfile
@@ -168,6 +167,12 @@ CASES = [
     Case("resume without a checkpoint", lambda t, r, d: ["train", "--resume", t], 1, "not a run directory", None),
     Case("resume with a changed setting", lambda t, r, d: ["train", "--resume", r, "--lr", "0.1"], 2, "give only limits", None),
     Case("resume of a finished run", lambda t, r, d: ["train", "--resume", r], 1, "already reached its limit at step 4", None),
+    Case("resume in another number of processes", lambda t, r, d: ["train", "--resume", r, "--max-steps", "8", "--nproc", "2"], 2, "trained in 1 process(es): resume it with --nproc 1", None),
+    Case("data setting given to train", lambda t, r, d: ["train", "--data", d, "--out", t / "run", "--data.vocab-size", "4000"], 2, "--data.vocab-size is a setting of `mtkit preprocess`, not of `mtkit train`", "run"),
+    Case("train setting given to preprocess", lambda t, r, d: ["preprocess", tsv(t, b"a\tb\n"), "--out", t / "o", "--train.lr", "1"], 2, "--train.lr is a setting of `mtkit train`, not of `mtkit preprocess`", "o"),
+    Case("model setting given to preprocess", lambda t, r, d: ["preprocess", tsv(t, b"a\tb\n"), "--out", t / "o", "--model.hidden", "8"], 2, "--model.hidden is a setting of `mtkit train`", "o"),
+    Case("average no checkpoints", lambda t, r, d: ["average", r, "--last", "0", "-o", t / "avg.pt"], 2, "--last must be at least 1", "avg.pt"),
+    Case("beam with exhaustive search", lambda t, r, d: ["translate", "--model", r, "--search", "exhaustive", "--beam", "3"], 2, "it takes no --beam", None),
     Case("two batch sizes", lambda t, r, d: ["train", "--data", d, "--out", t / "run", "--batch-size", "8", "--batch-tokens", "90"], 2, "not both", "run"),
     Case("no batch size", lambda t, r, d: ["train", "--data", d, "--out", t / "run", "--train.batch-tokens", "none"], 2, "set train.batch_tokens or train.batch_size", "run"),
 ]
@@ -247,8 +252,14 @@ def test_unexpected_errors_print_a_short_line_and_keep_the_traceback(tmp_path):
     assert "Traceback" in debug.stderr
 
 
-def test_the_malicious_pickle_would_run_code_without_weights_only(tmp_path):
-    """Proves the refusal above matters: plain pickle loading of that file executes the payload."""
-    marker = tmp_path / "ran"
-    pickle.loads(pickle.dumps(Payload(marker)))
-    assert marker.exists()
+def test_mtkits_loader_refuses_a_checkpoint_that_would_run_code(tiny_run, tmp_path):
+    from mtkit.checkpoint import load_checkpoint
+    from mtkit.errors import CheckpointError
+
+    path = malicious_checkpoint(tiny_run, tmp_path) / "best.pt"
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    # what the refusal prevents: loading the same file without weights_only runs the payload
+    torch.load(path, weights_only=False)
+    assert (tmp_path / "pwned").exists()

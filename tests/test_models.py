@@ -42,6 +42,9 @@ def test_scratch_equals_fused(cell, bidirectional):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+# The chapter's architecture (2 layers, unidirectional, state handed over, fixed context), and
+# variations of it.
+BOOK = dict(layers=2, bidirectional=False, bridge="last", attention="none")
 CONFIGS = [
     dict(),
     dict(cell="lstm", layers=3),
@@ -56,7 +59,7 @@ CONFIGS = [
 @pytest.mark.parametrize("overrides", CONFIGS, ids=[str(c) for c in CONFIGS])
 def test_padding_never_changes_results(overrides):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(embed=16, hidden=24, dropout=0.0, **overrides), 30, 40).eval()
+    model = build_model(ModelConfig(embed=16, hidden=24, dropout=0.0, **{**BOOK, **overrides}), 30, 40).eval()
     src, lengths = padded_batch()
     tgt_in = torch.randint(4, 40, (4, 5))
     together = model(src, lengths, tgt_in)
@@ -67,7 +70,7 @@ def test_padding_never_changes_results(overrides):
 
 @pytest.mark.parametrize("overrides", CONFIGS, ids=[str(c) for c in CONFIGS])
 def test_state_shapes(overrides):
-    config = ModelConfig(embed=16, hidden=24, dropout=0.0, **overrides)
+    config = ModelConfig(embed=16, hidden=24, dropout=0.0, **{**BOOK, **overrides})
     model = build_model(config, 30, 40).eval()
     src, lengths = padded_batch()
     memory, state = model.encode(src, lengths)
@@ -86,7 +89,7 @@ def test_last_bridge_refuses_mismatched_sizes():
     from mtkit.errors import UsageError
 
     with pytest.raises(UsageError, match="bridge 'last'"):
-        build_model(ModelConfig(bidirectional=True), 10, 10)
+        build_model(ModelConfig(bidirectional=True, bridge="last"), 10, 10)
     with pytest.raises(UsageError, match="tied embeddings"):
         build_model(ModelConfig(embed=8, hidden=16, tie_embeddings=True), 10, 10)
 

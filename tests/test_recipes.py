@@ -2,17 +2,37 @@
 learns the synthetic reversal task through the CLI, for each cell with and without attention."""
 
 import json
-from pathlib import Path
+import math
+import re
 
 import pytest
 from rich.console import Console
 
 from conftest import REPO, run_cli
-from mtkit.config import load_recipe
+from mtkit.config import ModelConfig, TrainConfig, load_recipe, read_toml
 from mtkit.data.dataset import DataDir
 from mtkit.training.loop import Trainer
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+
+
+# The [train] settings that shape the model's optimisation; the others are limits, validation,
+# seed and hardware (a recipe's 10-minute budget and bf16 are choices for its benchmark machine).
+OPTIMISER = {"lr", "schedule", "warmup", "plateau_factor", "plateau_patience", "batch_tokens", "batch_size",
+             "clip_norm", "label_smoothing", "truncate"}
+
+
+def test_flag_defaults_are_the_best_recipes_model_and_optimiser():
+    # The best recipe is the Makefile's default RECIPE (the README's table says which and why).
+    best = re.search(r"^RECIPE \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    settings = read_toml(REPO / best)
+    model, train = ModelConfig(), TrainConfig()
+    assert {key: getattr(model, key) for key in settings["model"]} == settings["model"]
+    assert {key: getattr(train, key) for key in settings["train"] if key in OPTIMISER} == {
+        key: value for key, value in settings["train"].items() if key in OPTIMISER
+    }
+    # what the recipe leaves out is the default, so the two are one model
+    assert load_recipe(REPO / best).model == model
 
 
 def test_there_are_recipes():
@@ -20,13 +40,18 @@ def test_there_are_recipes():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_recipe_builds_and_takes_a_training_step(recipe, reverse_data, tmp_path):
+def test_recipe_builds_and_learns_from_a_batch(recipe, reverse_data, tmp_path):
     config = load_recipe(recipe)
     trainer = Trainer(config, DataDir(reverse_data), tmp_path, Console(quiet=True))
     indices = list(range(16))
-    loss, tokens, _ = trainer.train_step(indices, config.train.lr)
-    assert tokens > 0 and loss / tokens > 0
+    loss, tokens, _ = trainer.train_step(indices, lr=1e-4)
+    assert tokens == int(trainer.target_counts[indices].sum())  # every target token, <eos> included
+    # a fresh model predicts about uniformly: its mean cross-entropy is about ln |V|
+    vocab = trainer.model.generator.out_features
+    assert math.log(vocab) - 0.5 < loss / tokens < math.log(vocab) + 1.0
     assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+    again, _, _ = trainer.train_step(indices, config.train.lr)
+    assert again < loss  # a small step along the gradient lowered the batch's loss
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -37,7 +62,8 @@ def test_each_model_learns_the_reversal_task(cell, attention, reverse_data, tmp_
     hidden, steps = ("256", "600") if attention == "none" else ("96", "300")
     run_cli(
         "train", "--data", reverse_data, "--out", tmp_path / "run", "--cell", cell, "--attention", attention,
-        "--embed", "64", "--hidden", hidden, "--layers", "1", "--lr", "0.01", "--batch-tokens", "2000",
+        "--embed", "64", "--hidden", hidden, "--layers", "1", "--unidirectional", "--bridge", "last",
+        "--lr", "0.01", "--batch-tokens", "2000",
         "--max-steps", steps, "--valid-every", "100", "--train.schedule", "linear", "--seed", "1",
     )
     scores = json.loads(run_cli("evaluate", "--model", tmp_path / "run", "--data", reverse_data, "--json").stdout)

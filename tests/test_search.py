@@ -16,7 +16,8 @@ ATTENTIONS = ["none", "luong", "bahdanau"]
 
 def tiny_model(attention="none", vocab=9, seed=0, cell="gru"):
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(cell=cell, embed=8, hidden=16, layers=1, dropout=0.0, attention=attention), vocab, vocab)
+    config = ModelConfig(cell=cell, embed=8, hidden=16, layers=1, bidirectional=False, bridge="last", dropout=0.0, attention=attention)
+    model = build_model(config, vocab, vocab)
     with torch.no_grad():  # sharpen the output layer so searches disagree in interesting ways
         model.generator.weight.mul_(3.0)
     return model.eval()

@@ -107,3 +107,18 @@ def bucket_batches(
             batches.append(current)
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
+
+
+def shuffled_batches(
+    count: int, batch_size: int, seed: int = 0, epoch: int = 0, min_sentences: int = 1
+) -> list[list[int]]:
+    """The book's batches (a DataLoader with ``shuffle=True``): all ``count`` examples in a new
+    random order each epoch, cut into consecutive batches of ``batch_size``; the last may be
+    smaller, and joins its neighbour when smaller than ``min_sentences``. Depends only on
+    (seed, epoch), like ``bucket_batches``."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(count, generator=generator).tolist()
+    batches = [order[start : start + batch_size] for start in range(0, count, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < min_sentences:
+        batches[-2].extend(batches.pop())
+    return batches

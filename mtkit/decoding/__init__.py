@@ -47,6 +47,8 @@ class SearchOptions:
             raise UsageError(f"--search must be one of {', '.join(SEARCHES)}")
         if self.length_penalty not in LENGTH_PENALTIES:
             raise UsageError(f"--length-penalty must be one of {', '.join(LENGTH_PENALTIES)}")
+        if self.search == "exhaustive" and self.beam != 1:
+            raise UsageError("--search exhaustive scores every output: it takes no --beam")
         if self.beam < 1 or self.nbest < 1 or self.nbest > self.beam and self.search == "beam":
             raise UsageError(f"need 1 <= --nbest <= --beam (got nbest {self.nbest}, beam {self.beam})")
         if self.alpha < 0:

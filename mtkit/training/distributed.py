@@ -64,11 +64,6 @@ def gather_objects(obj, info: Distributed) -> list:
     return gathered
 
 
-def barrier(info: Distributed) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def shutdown(info: Distributed) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

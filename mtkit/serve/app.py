@@ -246,7 +246,8 @@ def _work(body: TranslateRequest, state: State) -> tuple[ServedModel, Work]:
         raise ApiError(422, "unknown_model", f"no model named {name!r}; this server has {', '.join(state.models)}")
     if body.attention and not served.has_attention:
         raise ApiError(422, "no_attention", f"model {name!r} has no attention (attention = none)")
-    options = SearchOptions(beam=body.beam, alpha=body.alpha, nbest=body.nbest or 1)
+    max_len_a, max_len_b = served.translator.model.config.length_limit()  # as translate's default
+    options = SearchOptions(beam=body.beam, alpha=body.alpha, nbest=body.nbest or 1, max_len_a=max_len_a, max_len_b=max_len_b)
     return served, Work(served, options, nbest=body.nbest is not None, attention=body.attention)
 
 

@@ -84,6 +84,7 @@ def tiny_run(reverse_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "run"
     run_cli(
         "train", "--data", reverse_data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
+        "--unidirectional", "--bridge", "last", "--schedule", "constant",
         "--attention", "luong", "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "60",
         "--valid-every", "60", "--seed", "1",
     )

@@ -10,11 +10,10 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -153,7 +152,29 @@ class ReadStats:
     replaced: int = 0  # lines in which invalid UTF-8 was replaced by U+FFFD
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+def line_blocks(read: Callable[[int], bytes], chunk_size: int = 1 << 16) -> Iterator[list[bytes]]:
+    """The lines of a byte stream without their line ends, a list per read (whatever the read
+    completed, so a pipe's lines come as they arrive). ``\n``, ``\r\n`` or a lone ``\r`` end
+    a line; a leading UTF-8 byte-order mark is dropped; a last line without an end counts."""
+    block = b""
+    while len(block) < 3 and (more := read(chunk_size)):
+        block += more
+    block = block.removeprefix(b"\xef\xbb\xbf")
+    pending = b""  # an unfinished line, or a line ending in \r that may be the first half of \r\n
+    while True:
+        if block:
+            data = pending + block
+            lines = data.splitlines()
+            pending = b""
+            if not data.endswith(b"\n"):
+                pending = lines.pop() + (b"\r" if data.endswith(b"\r") else b"")
+            if lines:
+                yield lines
+        block = read(chunk_size)
+        if not block:
+            break
+    if pending:
+        yield pending.splitlines()
 
 
 def read_lines(
@@ -171,24 +192,9 @@ def read_lines(
     name = "<stdin>" if str(source) == "-" else str(source)
     with _open_binary(source) as handle:
         read = getattr(handle, "read1", handle.read)  # read1: what a pipe has, without waiting
-        block = b""
-        while len(block) < 3 and (more := read(chunk_size)):
-            block += more
-        block = block.removeprefix(b"\xef\xbb\xbf") or read(chunk_size)
-        partial: list[bytes] = []  # pieces of the line being read
-        held_cr = False  # the last block ended in \r, which may be the first half of \r\n
-        while block:
-            if held_cr and block.startswith(b"\n"):
-                block = block[1:]
-            held_cr = block.endswith(b"\r")
-            first, *rest = _LINE_END.split(block)
-            partial.append(first)
-            for piece in rest:
-                yield _decode(b"".join(partial), errors, stats, name)
-                partial = [piece]
-            block = read(chunk_size)
-        if any(partial):
-            yield _decode(b"".join(partial), errors, stats, name)
+        for lines in line_blocks(read, chunk_size):
+            for raw in lines:
+                yield _decode(raw, errors, stats, name)
 
 
 def _decode(raw: bytes, errors: str, stats: ReadStats, name: str) -> str:

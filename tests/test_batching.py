@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from mtkit.data.batching import bucket_batches, make_batch, pad_sequences
@@ -5,31 +7,48 @@ from mtkit.data.dataset import EncodedSplit
 from mtkit.data.vocab import BOS, EOS, PAD
 
 
-def random_split(n=500, seed=0):
+def random_lists(n, seed):
     g = torch.Generator().manual_seed(seed)
-    src = [torch.randint(4, 50, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
-    tgt = [torch.randint(4, 50, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
-    return EncodedSplit.from_lists(src, tgt)
+    return [torch.randint(4, 50, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
 
 
-def test_buckets_cover_every_example_once_and_respect_the_budget():
+@pytest.fixture
+def random_split(tmp_path):
+    def make(n=500, seed=0):
+        return EncodedSplit.from_lists(tmp_path, f"r{n}-{seed}", random_lists(n, seed), random_lists(n, seed + 100))
+    return make
+
+
+def test_buckets_cover_every_example_once_and_respect_the_budget(random_split):
     split = random_split()
     batches = bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=200, seed=1, epoch=0)
-    flat = sorted(i for b in batches for i in b)
-    assert flat == list(range(len(split)))
+    flat = np.sort(np.concatenate(list(batches)))
+    assert flat.tolist() == list(range(len(split)))
     for b in batches:
         longest = int(split.tgt_lengths[b].max()) + 1
         assert len(b) * longest <= 200 or len(b) == 1
 
 
-def test_buckets_depend_only_on_seed_and_epoch():
+def test_buckets_depend_only_on_seed_and_epoch(random_split):
     split = random_split()
     args = (split.src_lengths, split.tgt_lengths, 300)
-    assert bucket_batches(*args, seed=1, epoch=2) == bucket_batches(*args, seed=1, epoch=2)
-    assert bucket_batches(*args, seed=1, epoch=2) != bucket_batches(*args, seed=1, epoch=3)
+
+    def plan(**kw):
+        return [b.tolist() for b in bucket_batches(*args, **kw)]
+
+    assert plan(seed=1, epoch=2) == plan(seed=1, epoch=2)
+    assert plan(seed=1, epoch=2) != plan(seed=1, epoch=3)
+    assert plan(seed=1, epoch=2) != plan(seed=2, epoch=2)
 
 
-def test_bucketing_keeps_padding_low():
+def test_buckets_shuffle_sentences_of_equal_length_between_epochs():
+    lengths = np.full(1000, 7, dtype=np.uint16)
+    first, second = (bucket_batches(lengths, lengths, batch_size=10, epoch=e) for e in (0, 1))
+    assert sorted(map(tuple, first)) != sorted(map(tuple, second))  # not merely the batch order
+    assert sorted(np.concatenate(list(first)).tolist()) == list(range(1000))
+
+
+def test_bucketing_keeps_padding_low(random_split):
     split = random_split(2000)
     batches = bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=400, seed=0)
     real = padded = 0
@@ -40,20 +59,41 @@ def test_bucketing_keeps_padding_low():
     assert 1 - real / padded < 0.10
 
 
-def test_sentence_batches():
+def test_sentence_batches(random_split):
     split = random_split(103)
     batches = bucket_batches(split.src_lengths, split.tgt_lengths, batch_size=10)
     assert sorted(len(b) for b in batches) == [3] + [10] * 10
+    merged = bucket_batches(split.src_lengths, split.tgt_lengths, batch_size=10, min_sentences=4)
+    assert sorted(len(b) for b in merged) == [10] * 9 + [13]
 
 
-def test_make_batch_shifts_targets_and_pads():
-    split = EncodedSplit.from_lists([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
+def test_a_plan_resumes_from_a_slice(random_split):
+    split = random_split()
+    plan = bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=250, seed=3, epoch=1)
+    assert [b.tolist() for b in plan[5:]] == [b.tolist() for b in list(plan)[5:]]
+
+
+def test_make_batch_shifts_targets_and_pads(tmp_path):
+    split = EncodedSplit.from_lists(tmp_path, "t", [[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
     batch = make_batch(split, [0, 1])
     assert batch.src.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]
     assert batch.src_lengths.tolist() == [4, 2]
     assert batch.tgt_out.tolist() == [[9, 10, EOS, PAD], [11, 12, 13, EOS]]
     assert batch.tgt_in.tolist() == [[BOS, 9, 10, PAD], [BOS, 11, 12, 13]]
-    assert batch.target_tokens == 7
+    assert batch.target_tokens == 7 == split.target_tokens([0, 1])
+
+
+def test_make_batch_equals_padding_the_token_lists(random_split):
+    sources, targets = random_lists(300, 5), random_lists(300, 105)
+    split = random_split(300, 5)
+    indices = [17, 3, 250, 64, 128, 129, 0, 299]
+    for truncate in (None, 9):
+        batch = make_batch(split, indices, truncate)
+        src, src_lengths = pad_sequences([torch.tensor(sources[i]) for i in indices], EOS, truncate)
+        tgt, _ = pad_sequences([torch.tensor(targets[i]) for i in indices], EOS, truncate)
+        assert torch.equal(batch.src, src) and torch.equal(batch.src_lengths, src_lengths)
+        assert torch.equal(batch.tgt_out, tgt)
+        assert split.target_tokens(indices, truncate) == int((tgt != PAD).sum())
 
 
 def test_truncation_is_the_books_num_steps():

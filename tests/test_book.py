@@ -45,12 +45,17 @@ def test_the_books_encoder_runs_over_padding_to_num_steps():
 
 
 def test_shuffled_batches_are_the_books_data_loader():
-    batches = shuffled_batches(512, 128, seed=1, epoch=0)
+    def lists(plan):
+        return [b.tolist() for b in plan]
+
+    batches = lists(shuffled_batches(512, 128, seed=1, epoch=0))
     assert [len(b) for b in batches] == [128] * 4
     assert sorted(i for b in batches for i in b) == list(range(512))
     assert batches != [list(range(i, i + 128)) for i in range(0, 512, 128)]  # shuffled
-    assert batches == shuffled_batches(512, 128, seed=1, epoch=0)
-    assert batches != shuffled_batches(512, 128, seed=1, epoch=1)
+    assert batches == lists(shuffled_batches(512, 128, seed=1, epoch=0))
+    assert batches != lists(shuffled_batches(512, 128, seed=1, epoch=1))
+    assert batches != lists(shuffled_batches(512, 128, seed=2, epoch=0))
+    assert lists(shuffled_batches(512, 128, seed=1, epoch=0)[2:]) == batches[2:]  # a resumed epoch
     assert [len(b) for b in shuffled_batches(300, 128)] == [128, 128, 44]
     assert [len(b) for b in shuffled_batches(257, 128, min_sentences=2)] == [128, 129]
 

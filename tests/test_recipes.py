@@ -45,7 +45,7 @@ def test_recipe_builds_and_learns_from_a_batch(recipe, reverse_data, tmp_path):
     trainer = Trainer(config, DataDir(reverse_data), tmp_path, Console(quiet=True))
     indices = list(range(16))
     loss, tokens, _ = trainer.train_step(indices, lr=1e-4)
-    assert tokens == int(trainer.target_counts[indices].sum())  # every target token, <eos> included
+    assert tokens == trainer.train_split.target_tokens(indices, config.train.truncate)  # every target token, <eos> included
     # a fresh model predicts about uniformly: its mean cross-entropy is about ln |V|
     vocab = trainer.model.generator.out_features
     assert math.log(vocab) - 0.5 < loss / tokens < math.log(vocab) + 1.0

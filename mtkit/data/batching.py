@@ -2,13 +2,19 @@
 
 Sentences are sorted by length (random order among equal lengths) and cut into batches that
 fill a token budget, so little of each batch is padding; the order of batches is shuffled per
-epoch. Everything depends only on (seed, epoch): an interrupted run resumes on the same batches.
+epoch. The book's procedure instead cuts all sentences, in a new random order each epoch, into
+batches of a fixed size (``shuffled_batches``). Everything depends only on (seed, epoch): an
+interrupted run resumes on the same batches.
+The plan of an epoch is a few flat arrays (no Python object per sentence), and ``make_batch`` is
+a pure function of the split and the indices, so a background worker can prepare batches ahead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,24 +58,47 @@ def pad_sequences(seqs: list[Tensor], append: int | None = EOS, truncate: int | 
     return out, lengths
 
 
-def make_batch(split: EncodedSplit, indices: list[int], truncate: int | None = None) -> Batch:
-    src, src_lengths = pad_sequences([split.src(i) for i in indices], EOS, truncate)
-    tgt_out, _ = pad_sequences([split.tgt(i) for i in indices], EOS, truncate)
-    tgt_in = torch.cat([torch.full((len(indices), 1), BOS, dtype=torch.int64), tgt_out[:, :-1]], dim=1)
-    tgt_in.masked_fill_(tgt_in == EOS, PAD)  # <eos> is never an input
-    return Batch(src, src_lengths, tgt_in, tgt_out, torch.tensor(indices, dtype=torch.int64))
+def make_batch(split: EncodedSplit, indices: Sequence[int] | np.ndarray | Tensor, truncate: int | None = None) -> Batch:
+    """The batch of sentences ``indices``, gathered from the memory-mapped split in a few array
+    operations."""
+    indices = np.asarray(indices, dtype=np.int64)
+    src, src_lengths = split.src.padded(indices, EOS, PAD, truncate)
+    tgt_out, _ = split.tgt.padded(indices, EOS, PAD, truncate)
+    tgt_in = np.concatenate([np.full((len(indices), 1), BOS, dtype=np.int64), tgt_out[:, :-1]], axis=1)
+    tgt_in[tgt_in == EOS] = PAD  # <eos> is never an input
+    return Batch(*(torch.from_numpy(a) for a in (src, src_lengths, tgt_in, tgt_out, indices)))
+
+
+class BatchPlan(Sequence):
+    """An epoch's batches: sentence indices sorted by length (``order``), cut at ``bounds``,
+    visited in the shuffled order ``sequence``. ``plan[k]`` is the k-th batch's indices."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, sequence: np.ndarray) -> None:
+        self.order, self.bounds, self.sequence = order, bounds, sequence
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return BatchPlan(self.order, self.bounds, self.sequence[k])
+        b = int(self.sequence[k])
+        return self.order[self.bounds[b] : self.bounds[b + 1]].astype(np.int64)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[k] for k in range(len(self)))
 
 
 def bucket_batches(
-    src_lengths: Tensor,
-    tgt_lengths: Tensor,
+    src_lengths: np.ndarray | Tensor,
+    tgt_lengths: np.ndarray | Tensor,
     batch_tokens: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     epoch: int = 0,
     truncate: int | None = None,
     min_sentences: int = 1,
-) -> list[list[int]]:
+) -> BatchPlan:
     """Split example indices into length-bucketed batches, in a shuffled order.
 
     With ``batch_tokens`` a batch holds as many sentences as fit ``n · longest target ≤ budget``
@@ -79,46 +108,97 @@ def bucket_batches(
     """
     if (batch_tokens is None) == (batch_size is None):
         raise ValueError("give exactly one of batch_tokens and batch_size")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    src_len = src_lengths + 1
-    tgt_len = tgt_lengths + 1
-    if truncate is not None:
-        src_len, tgt_len = src_len.clamp(max=truncate), tgt_len.clamp(max=truncate)
-    order = torch.randperm(len(tgt_len), generator=generator)
-    order = order[torch.sort(src_len[order], stable=True).indices]
-    order = order[torch.sort(tgt_len[order], stable=True).indices].tolist()
-    lengths = tgt_len.tolist()
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        full = (
-            len(current) >= batch_size
-            if batch_size is not None
-            else (len(current) + 1) * lengths[index] > batch_tokens
-        )
-        if full and len(current) >= min_sentences:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        if len(current) < min_sentences and batches:
-            batches[-1].extend(current)
-        else:
-            batches.append(current)
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
+    order, sorted_tgt = _length_order(np.asarray(src_lengths), np.asarray(tgt_lengths), seed, epoch, truncate)
+    if batch_size is not None:
+        starts = np.arange(0, len(order), batch_size)
+    else:
+        starts = _token_batch_starts(sorted_tgt, batch_tokens, min_sentences)
+    bounds = _bounds(starts, len(order), min_sentences)
+    rng = np.random.default_rng([seed, epoch, 1])
+    return BatchPlan(order, bounds, rng.permutation(len(bounds) - 1))
 
 
 def shuffled_batches(
     count: int, batch_size: int, seed: int = 0, epoch: int = 0, min_sentences: int = 1
-) -> list[list[int]]:
+) -> BatchPlan:
     """The book's batches (a DataLoader with ``shuffle=True``): all ``count`` examples in a new
     random order each epoch, cut into consecutive batches of ``batch_size``; the last may be
     smaller, and joins its neighbour when smaller than ``min_sentences``. Depends only on
-    (seed, epoch), like ``bucket_batches``."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(count, generator=generator).tolist()
-    batches = [order[start : start + batch_size] for start in range(0, count, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < min_sentences:
-        batches[-2].extend(batches.pop())
-    return batches
+    (seed, epoch), like ``bucket_batches``, and is the same kind of plan."""
+    if count >= 1 << 32:
+        raise ValueError("more than 2^32 sentences in one split")
+    order = np.arange(count, dtype=np.uint32)
+    np.random.default_rng([seed, epoch, 2]).shuffle(order)  # in place: 4 bytes per sentence
+    bounds = _bounds(np.arange(0, count, batch_size), count, min_sentences)
+    return BatchPlan(order, bounds, np.arange(len(bounds) - 1))
+
+
+def _bounds(starts: Sequence[int] | np.ndarray, count: int, min_sentences: int) -> np.ndarray:
+    """The cuts of ``count`` sentences into batches beginning at ``starts``; a last batch
+    smaller than ``min_sentences`` joins the one before."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) > 1 and count - starts[-1] < min_sentences:
+        starts = starts[:-1]
+    return np.append(starts, count)
+
+
+def _token_batch_starts(lengths: np.ndarray, budget: int, min_sentences: int) -> list[int]:
+    """Greedy cuts of ascending ``lengths``: a batch grows while (its size) × (its longest) fits
+    the budget, and always has ``min_sentences``. One small array operation per batch."""
+    starts, start, n = [], 0, len(lengths)
+    while start < n:
+        room = max(budget // int(lengths[start]), 1)
+        window = lengths[start : start + room].astype(np.int64) * np.arange(1, min(room, n - start) + 1)
+        size = max(int(np.searchsorted(window, budget, side="right")), min_sentences, 1)
+        starts.append(start)
+        start += size
+    return starts
+
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)
+
+
+def _scramble(x: np.ndarray, keys: tuple[int, int], inverse: bool = False) -> np.ndarray:
+    """A keyed bijection of 32-bit integers (multiply by odd constants, xor-shift, add): a
+    random-looking order among sentences of equal length that can be undone after sorting."""
+    x = x.astype(np.uint64)
+    steps = [("mul", c) for c in _MULTIPLIERS]
+    if not inverse:
+        x = (x + np.uint64(keys[0])) & _MASK32
+        for _, c in steps:
+            x = (x * np.uint64(c)) & _MASK32
+            x ^= x >> np.uint64(16)
+        return (x + np.uint64(keys[1])) & _MASK32
+    x = (x - np.uint64(keys[1])) & _MASK32
+    for _, c in reversed(steps):
+        x ^= x >> np.uint64(16)  # a shift by at least half the width undoes itself
+        x = (x * np.uint64(pow(c, -1, 1 << 32))) & _MASK32
+    return (x - np.uint64(keys[0])) & _MASK32
+
+
+def _length_order(
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray, seed: int, epoch: int, truncate: int | None, chunk: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices sorted by (target length, source length, a keyed scramble of the index) and the
+    sorted target lengths (<eos> included). One uint64 key per sentence, sorted in place; built
+    and unpacked a chunk at a time so temporaries stay small."""
+    n = len(tgt_lengths)
+    if n >= 1 << 32:
+        raise ValueError("more than 2^32 sentences in one split")
+    keys = tuple(int(k) for k in np.random.default_rng([seed, epoch]).integers(0, 1 << 32, size=2))
+    limit = (1 << 16) - 1 if truncate is None else min(truncate, (1 << 16) - 1)
+    packed = np.empty(n, dtype=np.uint64)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        tgt = np.minimum(tgt_lengths[a:b].astype(np.uint64) + np.uint64(1), np.uint64(limit))
+        src = np.minimum(src_lengths[a:b].astype(np.uint64) + np.uint64(1), np.uint64(limit))
+        packed[a:b] = (tgt << np.uint64(48)) | (src << np.uint64(32)) | _scramble(np.arange(a, b), keys)
+    packed.sort()
+    order = np.empty(n, dtype=np.uint32)
+    sorted_tgt = np.empty(n, dtype=np.uint16)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        order[a:b] = _scramble(packed[a:b] & _MASK32, keys, inverse=True)
+        sorted_tgt[a:b] = packed[a:b] >> np.uint64(48)
+    return order, sorted_tgt

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mtkit import __version__
 from mtkit.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
 from mtkit.config import Recipe, TrainConfig, data_differences, set_option
-from mtkit.data.batching import bucket_batches, make_batch, shuffled_batches
+from mtkit.data.batching import BatchPlan, bucket_batches, make_batch, shuffled_batches
 from mtkit.data.dataset import DataDir
 from mtkit.decoding import SearchOptions
 from mtkit.device import autocast, keep_freed_memory, resolve_device, resolve_precision
@@ -105,8 +106,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.schedule = Schedule(cfg.schedule, cfg.warmup, cfg.plateau_factor, cfg.plateau_patience)
         self.train_split = data.encoded("train")
-        target_lengths = self.train_split.tgt_lengths + 1  # + <eos>
-        self.target_counts = target_lengths.clamp(max=cfg.truncate) if cfg.truncate else target_lengths
         max_len_a, max_len_b = recipe.model.length_limit()
         search = SearchOptions(beam=cfg.valid_beam, max_len_a=max_len_a, max_len_b=max_len_b)
         self.dev = DevSet(data, search, cfg.truncate)
@@ -160,13 +159,13 @@ class Trainer:
 
     # -- one update ------------------------------------------------------------------------
 
-    def train_step(self, indices: list[int], lr: float) -> tuple[float, int, int]:
+    def train_step(self, indices: np.ndarray, lr: float) -> tuple[float, int, int]:
         """One update on a global batch; this rank trains on its slice of the sentences.
         Returns this rank's summed loss, its target tokens and its padded target positions."""
         self.network.train()
         local = indices[self.dist.rank :: self.dist.world]
         batch = make_batch(self.train_split, local, self.cfg.truncate).to(self.device)
-        global_tokens = int(self.target_counts[indices].sum())
+        global_tokens = self.train_split.target_tokens(indices, self.cfg.truncate)
         with autocast(self.device, self.precision):
             loss_sum, n_tokens = self.network(
                 batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, self.cfg.label_smoothing
@@ -184,7 +183,7 @@ class Trainer:
         self.scaler.update()
         return float(loss_sum.detach()), n_tokens, batch.tgt_out.numel()
 
-    def advance(self, indices: list[int], batches_in_epoch: int, started: float) -> tuple[float, bool]:
+    def advance(self, indices: np.ndarray, batches_in_epoch: int, started: float) -> tuple[float, bool]:
         """Train on one batch and move the counters; return the learning rate used and whether
         any rank was asked to stop. ``started`` is the clock reading at elapsed time zero."""
         state = self.state
@@ -211,7 +210,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def epoch_batches(self) -> list[list[int]]:
+    def epoch_batches(self) -> BatchPlan:
         """This epoch's batches (the same in every process and in a resumed run)."""
         split, cfg, epoch, world = self.train_split, self.cfg, self.state.epoch, self.dist.world
         if cfg.shuffled_batches:

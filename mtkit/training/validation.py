@@ -30,10 +30,7 @@ class DevSet:
         self.references = data.eval_set("dev").references
         self.tgt = data.processor("tgt")
         self.search, self.truncate = search, truncate
-        # dev pairs come grouped by source: translate each source once
-        first = torch.ones(len(self.split), dtype=torch.bool)
-        first[1:] = self.split.groups[1:] != self.split.groups[:-1]
-        self.sources = [self.split.src(int(i)).tolist() for i in first.nonzero().squeeze(1)]
+        self.sources = self.split.first_of_each_group()  # translate each dev source once
 
     @torch.no_grad()
     def loss(self, model: Seq2Seq, device: torch.device, precision: str) -> float:

@@ -92,12 +92,12 @@ def _root(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def preprocess(
     ctx: typer.Context,
-    source: Annotated[Optional[str], typer.Argument(help="A .zip, a .tsv/.txt of pairs, or a prefix of two files (PREFIX.en, PREFIX.fr). Omitted: download the book's fra-eng.zip.")] = None,
+    source: Annotated[Optional[str], typer.Argument(help="A corpus: a .zip, a TSV of pairs or a prefix of two files (PREFIX.en, PREFIX.fr); plain, .gz, .xz or .bz2. Omitted (and no --train): download the book's fra-eng.zip.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Data directory to create.")] = ...,  # type: ignore[assignment]
     recipe: RecipeOpt = None,
-    train: Annotated[Optional[str], typer.Option(help="Ready-made training pairs (TSV or file prefix) instead of SOURCE.")] = None,
-    dev: Annotated[Optional[str], typer.Option(help="Ready-made dev pairs.")] = None,
-    test: Annotated[Optional[str], typer.Option(help="Ready-made test pairs.")] = None,
+    train: Annotated[Optional[list[str]], typer.Option(help="A training corpus (like SOURCE); repeat it to add several.")] = None,
+    dev: Annotated[Optional[str], typer.Option(help="Ready-made dev pairs; without it dev and test are split off the corpora.")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Ready-made test pairs (with --dev).")] = None,
     src_lang: Annotated[Optional[str], _setting("data.src_lang", "Source language code.")] = None,
     tgt_lang: Annotated[Optional[str], _setting("data.tgt_lang", "Target language code.")] = None,
     reverse: Annotated[Optional[bool], _setting("data.reverse", "Swap the columns (French→English for fra-eng).", "--reverse/--no-reverse")] = None,
@@ -106,28 +106,43 @@ def preprocess(
     min_freq: Annotated[Optional[int], _setting("data.min_freq", "word: keep tokens seen this often.")] = None,
     vocab_size: Annotated[Optional[int], _setting("data.vocab_size", "sentencepiece: vocabulary size.")] = None,
     sp_model: Annotated[Optional[str], _setting("data.sp_model", "sentencepiece: unigram or bpe.")] = None,
+    spm_sample: Annotated[Optional[int], _setting("data.spm_sample", "sentencepiece: train on a seeded sample of at most N sentences per side.")] = None,
     joint_vocab: Annotated[Optional[bool], _setting("data.joint_vocab", "One vocabulary for both languages.", "--joint-vocab/--separate-vocab")] = None,
+    vocab_with_dev: Annotated[Optional[bool], _setting("data.vocab_with_dev", "Build the vocabularies on train + dev, as the book does.", "--vocab-with-dev/--vocab-train-only")] = None,
     max_examples: Annotated[Optional[int], _setting("data.max_examples", "Use only the first N pairs (the book's knob).", default="all")] = None,
     max_len: Annotated[Optional[int], _setting("data.max_len", "Drop training pairs with a side longer than N tokens.")] = None,
-    split: Annotated[Optional[str], _setting("data.split", "grouped (shuffled, no source shared with train) or ordered (the book: file order).")] = None,
+    split: Annotated[Optional[str], _setting("data.split", "grouped (by a seeded hash of the source; no source shared with train) or ordered (the book: file order).")] = None,
     dev_size: Annotated[Optional[int], _setting("data.dev_size", "Dev source sentences.")] = None,
     test_size: Annotated[Optional[int], _setting("data.test_size", "Test source sentences.")] = None,
-    seed: Annotated[Optional[int], _setting("data.seed", "Seed of the split.")] = None,
+    seed: Annotated[Optional[int], _setting("data.seed", "Seed of the split and of the SentencePiece sample.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes \\[default: one per core]; the output is the same for any number.")] = None,
+    allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="Keep a source even when most of its lines are skipped (stop with an error otherwise).")] = False,
+    max_expanded_size: Annotated[str, typer.Option(help="Refuse a compressed file or zip member that expands beyond this (e.g. 500M, 64G).")] = "64G",
+    max_expand_ratio: Annotated[float, typer.Option(help="Refuse compressed data that expands more than this many times (a likely decompression bomb).")] = 200.0,
     force: ForceOpt = False,
 ) -> None:
     """Turn raw parallel text into a data directory: split, normalise, tokenise, encode."""
-    from mtkit.data.preprocess import preprocess as run_preprocess, print_report
+    from mtkit.data.preprocess import RunOptions, preprocess as run_preprocess, print_report
+    from mtkit.data.sources import ReadLimits, parse_size
 
     config = load_recipe(recipe)
     _apply(config, "data", {k: v for k, v in locals().items() if k in _DATA_FLAGS})
     _apply_extra(config, ctx, ("data",))
-    report = run_preprocess(config.data, out, source, train, dev, test, force, progress=stderr.is_terminal)
+    corpora = ([source] if source is not None else []) + list(train or [])
+    options = RunOptions(
+        limits=ReadLimits(parse_size(max_expanded_size), max_expand_ratio),
+        allow_skipped=allow_skipped, progress=stderr.is_terminal,
+    )
+    if workers is not None:
+        options.workers = workers
+    report = run_preprocess(config.data, out, corpora or [None], dev, test, force, options)
     print_report(report, stdout)
 
 
 _DATA_FLAGS = {
     "src_lang", "tgt_lang", "reverse", "normalize", "tokenizer", "min_freq", "vocab_size",
-    "sp_model", "joint_vocab", "max_examples", "max_len", "split", "dev_size", "test_size", "seed",
+    "sp_model", "spm_sample", "joint_vocab", "vocab_with_dev", "max_examples", "max_len", "split",
+    "dev_size", "test_size", "seed",
 }
 _MODEL_FLAGS = {
     "cell", "impl", "embed", "hidden", "layers", "decoder_layers", "bidirectional", "bridge",

@@ -46,7 +46,9 @@ class DataConfig:
     min_freq: int = _range(2, 1)
     vocab_size: int = _range(8000, 8)
     sp_model: str = _choice("unigram", "unigram", "bpe")
+    spm_sample: int = _range(2_000_000, 1)  # SentencePiece trains on at most this many sentences per side
     joint_vocab: bool = False
+    vocab_with_dev: bool = False  # the book builds its vocabularies on train + validation
     max_examples: int | None = _range(None, 1)
     max_len: int | None = _range(None, 1)
     split: str = _choice("grouped", "grouped", "ordered")

@@ -201,8 +201,12 @@ def test_bad_input_gives_one_clear_line(case, tiny_run, reverse_data, tmp_path):
 def test_skipped_lines_are_counted_by_reason(tmp_path):
     data = (b"Go.\tVa !\r\nno tab\nHi.\tSalut !\tCC-BY 2.0 (France) Attribution: tatoeba.org\n\xff\tx\n"
             b"\t\nHello.\t \n1\t2\t3\t4\nRun!\tCours !\n")
-    report = run_cli("preprocess", tsv(tmp_path, data), "--out", tmp_path / "o", "--dev-size", "1",
-                     "--test-size", "1", "--tokenizer", "word", "--min-freq", "1").stdout
+    args = ("preprocess", tsv(tmp_path, data), "--out", tmp_path / "o", "--dev-size", "1", "--test-size", "1",
+            "--tokenizer", "word", "--min-freq", "1")
+    refused = run_cli(*args, check=False)  # 4 of 7 lines skipped (the blank one does not count)
+    assert refused.returncode == 1 and "pairs.tsv: 4 of its 7 lines were skipped" in refused.stderr
+    assert "--allow-skipped" in refused.stderr and not (tmp_path / "o").exists()
+    report = run_cli(*args, "--allow-skipped").stdout
     assert "1 no tab" in report and "1 invalid UTF-8" in report
     assert "1 empty side" in report and "1 more than 3 columns" in report and "1 blank line" in report
     assert (tmp_path / "o" / "manifest.json").is_file()

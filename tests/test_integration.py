@@ -15,7 +15,7 @@ def test_pipeline_on_a_slice_of_the_real_corpus(fra_eng_zip, tmp_path):
     ).stdout
     assert "train" in report and "vocabulary" in report
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["sources"]["corpus"]["member"] == "fra-eng/fra.txt"
+    assert manifest["sources"]["train"][0]["member"] == "fra-eng/fra.txt"
     assert manifest["dev_test_sources_in_train"] == {"dev": 0, "test": 0}
     assert manifest["splits"]["test"]["sources"] == 100
     run_cli("train", "--data", data, "--out", run, "--embed", "64", "--hidden", "128", "--lr", "0.01",

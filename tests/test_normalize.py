@@ -1,3 +1,9 @@
+import re
+import unicodedata
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from mtkit.data.normalize import book_punctuation, clean, normalize, restore_spacing
 
 
@@ -32,3 +38,11 @@ def test_normalisation_is_idempotent():
         for scheme in ("clean", "book", "book-cased"):
             once = normalize(text, scheme)
             assert normalize(once, scheme) == once
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_clean_equals_its_plain_definition(text):
+    """``clean`` takes shortcuts for printable text; they change nothing."""
+    plain = unicodedata.normalize("NFC", text).replace("\u00a0", " ").replace("\u202f", " ")
+    plain = re.sub(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]", "", plain)
+    assert clean(text) == " ".join(plain.split())

@@ -1,4 +1,6 @@
-from mtkit.data.split import EvalSet, group_key, leaked_sources, split_pairs
+import numpy as np
+
+from mtkit.data.split import DEV, TEST, TRAIN, UNUSED, EvalSet, SampleChooser, SplitPlan, group_hashes, smallest_distinct
 
 
 def corpus():
@@ -10,36 +12,51 @@ def corpus():
     return pairs
 
 
-def test_grouped_split_never_leaks_a_source():
-    train, dev, test = split_pairs(corpus(), dev_size=40, test_size=50, seed=3)
-    assert len(dev.sources) == 40 and len(test.sources) == 50
-    train_keys = {group_key(s) for s, _ in train}
-    assert not train_keys & {group_key(s) for s in dev.sources + test.sources}
-    assert leaked_sources(train, dev) == 0 and leaked_sources(train, test) == 0
-    assert len(train) + len(dev.pairs) + len(test.pairs) == len(corpus())
+def grouped_roles(pairs, dev_size, test_size, seed, chunk=97):
+    """Roles as preprocess computes them: chunk by chunk, then merged."""
+    keys = group_hashes([s for s, _ in pairs], seed)
+    smallest = smallest_distinct([smallest_distinct(keys[i : i + chunk], dev_size + test_size) for i in range(0, len(keys), chunk)], dev_size + test_size)
+    plan = SplitPlan.grouped(len(pairs), smallest, dev_size, test_size)
+    return np.concatenate([plan.roles(keys[i : i + chunk], i) for i in range(0, len(keys), chunk)])
 
 
-def test_held_out_sources_keep_all_their_references():
-    _, dev, _ = split_pairs(corpus(), dev_size=60, test_size=0, seed=1)
-    by_source = {}
-    for src, tgt in corpus():
-        by_source.setdefault(src, []).append(tgt)
-    for src, refs in zip(dev.sources, dev.references):
-        assert refs == by_source[src]
-    assert any(len(refs) > 1 for refs in dev.references)
+def test_grouped_split_holds_out_whole_groups_and_never_leaks():
+    pairs = corpus()
+    roles = grouped_roles(pairs, dev_size=40, test_size=50, seed=3)
+    by_role = {role: {s.casefold() for (s, _), r in zip(pairs, roles) if r == role} for role in (TRAIN, DEV, TEST)}
+    assert len(by_role[DEV]) == 40 and len(by_role[TEST]) == 50
+    assert not by_role[TRAIN] & (by_role[DEV] | by_role[TEST]) and not by_role[DEV] & by_role[TEST]
+    seven = [r for (s, _), r in zip(pairs, roles) if s.casefold() == "source 7."]
+    assert len(seven) == 3 and len(set(seven)) == 1  # a group never straddles splits
 
 
-def test_split_is_deterministic_and_depends_on_the_seed():
-    assert split_pairs(corpus(), 30, 30, seed=5) == split_pairs(corpus(), 30, 30, seed=5)
-    assert split_pairs(corpus(), 30, 30, seed=5)[1] != split_pairs(corpus(), 30, 30, seed=6)[1]
+def test_split_is_deterministic_depends_on_the_seed_not_on_chunking():
+    pairs = corpus()
+    assert grouped_roles(pairs, 30, 30, seed=5).tolist() == grouped_roles(pairs, 30, 30, seed=5, chunk=13).tolist()
+    assert grouped_roles(pairs, 30, 30, seed=5).tolist() != grouped_roles(pairs, 30, 30, seed=6).tolist()
 
 
 def test_ordered_split_is_the_books():
-    pairs = [(f"s{i}", f"t{i}") for i in range(641)]
-    train, dev, test = split_pairs(pairs, dev_size=129, test_size=0, mode="ordered")
-    assert train == pairs[:512]
-    assert dev.sources == [f"s{i}" for i in range(512, 641)]
-    assert test.sources == []
+    plan = SplitPlan.ordered(641, dev_size=129, test_size=0)
+    roles = plan.roles(np.zeros(700, np.uint64), 0)
+    assert (roles[:512] == TRAIN).all() and (roles[512:641] == DEV).all() and (roles[641:] == UNUSED).all()
+    plan = SplitPlan.ordered(100, dev_size=10, test_size=20)
+    assert plan.roles(np.zeros(40, np.uint64), 60).tolist() == [TRAIN] * 10 + [DEV] * 10 + [TEST] * 20
+
+
+def test_sample_is_seeded_exact_and_independent_of_chunking():
+    def sample(limit, seed, chunk):
+        chooser = SampleChooser(limit, seed)
+        for start in range(0, 10_000, chunk):
+            chooser.add(np.arange(start, min(start + chunk, 10_000)))
+        return chooser.chosen()
+
+    first = sample(1000, 1, 700)
+    assert len(first) == 1000 and len(set(first.tolist())) == 1000
+    assert first.tolist() == sample(1000, 1, 3000).tolist() == sorted(first.tolist())
+    assert first.tolist() != sample(1000, 2, 700).tolist()
+    assert 3500 < np.median(first) < 6500  # spread over the corpus, not its beginning
+    assert sample(20_000, 1, 700).tolist() == list(range(10_000))  # small corpora: everything
 
 
 def test_eval_set_groups_repeated_sources():
@@ -47,4 +64,3 @@ def test_eval_set_groups_repeated_sources():
     assert data.sources == ["a", "b"]
     assert data.references == [["1", "3"], ["2"]]
     assert data.pairs == [("a", "1"), ("a", "3"), ("b", "2")]
-    assert data.groups == [0, 0, 1]

@@ -23,8 +23,14 @@ _BOOK_PUNCT = re.compile(r"(?<=[^ ])([,.!?])")
 
 def clean(text: str) -> str:
     """NFC, no control characters, no-break spaces as spaces, single spaces, no ends."""
-    text = unicodedata.normalize("NFC", text).translate(_NO_BREAK_SPACES)
-    text = _CONTROL.sub("", text)
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    # Most lines are printable: no control characters, no space but " " (so no no-break
+    # space); they need at most their spaces collapsing. The others take the full treatment.
+    if not text.isprintable():
+        text = _CONTROL.sub("", text.translate(_NO_BREAK_SPACES))
+    elif "  " not in text and not text.startswith(" ") and not text.endswith(" "):
+        return text
     return " ".join(text.split())
 
 
@@ -35,13 +41,17 @@ def book_punctuation(text: str) -> str:
 
 def normalize(text: str, scheme: str) -> str:
     """Apply a named scheme (``clean``, ``book`` or ``book-cased``) to one sentence."""
-    text = clean(text)
+    return apply_scheme(clean(text), scheme)
+
+
+def apply_scheme(cleaned: str, scheme: str) -> str:
+    """What a scheme adds to text that ``clean`` already went through."""
     if scheme == "clean":
-        return text
+        return cleaned
     if scheme == "book":
-        return book_punctuation(text.lower())
+        return book_punctuation(cleaned.lower())
     if scheme == "book-cased":
-        return book_punctuation(text)
+        return book_punctuation(cleaned)
     raise ValueError(f"unknown normalisation scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
 
 

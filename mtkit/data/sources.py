@@ -1,38 +1,193 @@
-"""Where parallel text comes from: the book's download, a local archive, a TSV or two files.
+"""Where parallel text comes from, read as a stream of raw line blocks in bounded memory.
 
-Readers return ``Corpus`` objects: cleaned ``(source, target)`` pairs plus the lines they skipped,
-counted by reason, so a bad line never stops a run.
+A source is the book's download, a ``.zip`` (its largest ``.txt``/``.tsv`` member, streamed), a
+TSV file (2 columns, or 3: manythings' attribution) or two files given by their common prefix
+(``corpus`` means ``corpus.en`` and ``corpus.fr``, fairseq's convention). Any file may be gzip,
+xz or bzip2 compressed: that is recognised from its first bytes, not its name. Compressed data
+is refused when it expands beyond ``ReadLimits`` (a likely decompression bomb), and binary data
+is refused before any of it is read as text.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import hashlib
+import lzma
 import os
 import sys
 import urllib.error
 import urllib.request
 import zipfile
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from mtkit.data.normalize import clean
 from mtkit.errors import DataError, MtkitError
-from mtkit.fileio import file_digest
+from mtkit.fileio import file_digest, line_blocks
 
 BOOK_URL = "http://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip"
 BOOK_SHA1 = "94646ad1522d915e7b0f9296181140edcf86a4f5"
-# An archive member larger than this, or expanding more than MAX_ZIP_RATIO times, is refused.
-MAX_ZIP_MEMBER_BYTES = 2 << 30
-MAX_ZIP_RATIO = 200
+SNIFF_BYTES = 1 << 16
+RATIO_AFTER = 1 << 20  # bytes expanded before the ratio is judged (compressed input is read ahead)
+READ_BYTES = 1 << 20
+
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
+_OPENERS = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "xz": lzma.LZMAFile, "bzip2": bz2.BZ2File}
+_UNSUPPORTED = {
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first (zstd -d) or recompress it with gzip or xz",
+    b"7z\xbc\xaf\x27\x1c": "a 7z archive: extract it first",
+    b"Rar!\x1a\x07": "a RAR archive: extract it first",
+    b"\x04\x22\x4d\x18": "lz4-compressed: decompress it first (lz4 -d)",
+}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass
-class Corpus:
-    """Cleaned parallel pairs and what was skipped on the way."""
+class ReadLimits:
+    """Compressed input may expand at most ``max_ratio`` times and to at most ``max_bytes``."""
 
-    pairs: list[tuple[str, str]]
-    origin: dict[str, str]
-    dropped: Counter[str] = field(default_factory=Counter)
+    max_bytes: int = 64 << 30
+    max_ratio: float = 200.0
+
+
+@dataclass
+class Source:
+    """One opened source: its raw lines come in blocks; ``origin`` is what the manifest records."""
+
+    name: str
+    kind: str  # "tsv" (one file of pairs) or "parallel" (two files, line by line)
+    origin: dict[str, str] = field(default_factory=dict)
+    _streams: list[_Stream] = field(default_factory=list)
+
+    def blocks(self, lines: int) -> Iterator[list[bytes] | tuple[list[bytes], list[bytes]]]:
+        """Blocks of up to ``lines`` raw lines (line ends removed); for parallel files a pair of
+        equally long blocks. Files of different lengths are refused when the shorter one ends."""
+        if self.kind == "tsv":
+            yield from self._streams[0].blocks(lines)
+            return
+        src, tgt = self._streams
+        for src_block in src.blocks(lines):
+            tgt_block = tgt.take(len(src_block))
+            if len(tgt_block) < len(src_block):
+                self._length_mismatch(src.count_rest() + src.lines_read, tgt.lines_read)
+            yield src_block, tgt_block
+        if tgt.take(1):
+            self._length_mismatch(src.lines_read, tgt.lines_read + tgt.count_rest())
+
+    def _length_mismatch(self, src_lines: int, tgt_lines: int) -> None:
+        src, tgt = self._streams
+        raise DataError(
+            f"parallel files differ in length: {src.name} has {src_lines:,} lines, {tgt.name} has {tgt_lines:,}"
+        )
+
+    def finish(self, complete: bool) -> None:
+        """Record each file's compression and sha256: hashed on the way when read to its end,
+        read again when not (``--max-examples`` stopped early)."""
+        for prefix, stream in zip(("", "target_"), self._streams):
+            self.origin[f"{prefix}compression"] = stream.compression
+            self.origin[f"{prefix}sha256"] = stream.digest() if complete or stream.compression == "zip" else file_digest(stream.name)
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.close()
+
+
+class _Stream:
+    """A file's lines: decompressed, guarded, hashed on the way."""
+
+    def __init__(self, name: str, handle: BinaryIO, closers: list, digest: Any, compression: str) -> None:
+        self.name, self.handle, self.closers, self._digest = name, handle, closers, digest
+        self.compression = compression
+        self.lines_read = 0
+        self._blocks = line_blocks(handle.read, READ_BYTES)
+        self._pending: list[bytes] = []
+
+    def blocks(self, lines: int) -> Iterator[list[bytes]]:
+        while block := self.take(lines):
+            yield block
+
+    def take(self, n: int) -> list[bytes]:
+        """Up to ``n`` next lines."""
+        while len(self._pending) < n:
+            more = next(self._blocks, None)
+            if more is None:
+                break
+            self._pending = self._pending + more if self._pending else more
+        block, self._pending = self._pending[:n], self._pending[n:]
+        self.lines_read += len(block)
+        return block
+
+    def count_rest(self) -> int:
+        return len(self._pending) + sum(len(block) for block in self._blocks)
+
+    def digest(self) -> str:
+        return self._digest if isinstance(self._digest, str) else self._digest.hexdigest()
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+class _Hashing:
+    """Reads a file and hashes its bytes as they pass (so a large file is read once)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.hash = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.hash.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+class _Guarded:
+    """Decompressed bytes, refused once they exceed the size or ratio limits."""
+
+    def __init__(self, stream: BinaryIO, compressed: _Hashing, name: str, limits: ReadLimits) -> None:
+        self.stream, self.compressed, self.name, self.limits = stream, compressed, name, limits
+        self.expanded = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.expanded += len(data)
+        if self.expanded > self.limits.max_bytes:
+            raise DataError(
+                f"expands beyond {_size(self.limits.max_bytes)}: refused (raise --max-expanded-size if it is genuine)",
+                self.name,
+            )
+        ratio = self.expanded / max(1, self.compressed.tell())
+        if self.expanded >= RATIO_AFTER and ratio > self.limits.max_ratio:
+            raise DataError(
+                f"expands more than {self.limits.max_ratio:g}x: refused as a likely decompression bomb "
+                "(raise --max-expand-ratio if it is genuine)",
+                self.name,
+            )
+        return data
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``500M``, ``64G``, ``1.5T`` or a plain number."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 10, "M": 20, "G": 30, "T": 40}
+    shift = units.get(text[-1:], 0)
+    try:
+        value = float(text[:-1] if shift else text)
+    except ValueError:
+        raise MtkitError(f"cannot read {text!r} as a size (e.g. 500M, 64G)") from None
+    return int(value * (1 << shift))
 
 
 def cache_dir() -> Path:
@@ -90,138 +245,164 @@ def _copy_with_progress(response, out, total: int | None, label: str, progress: 
             bar.advance(task, len(block))
 
 
-def read_corpus(source: str | Path | None, src_lang: str, tgt_lang: str, progress: bool = True) -> Corpus:
-    """Read pairs from the book's download (``source`` None; cached, sha1-verified), a ``.zip``,
-    a TSV or two files.
+@contextlib.contextmanager
+def open_source(
+    spec: str | Path | None, src_lang: str, tgt_lang: str, limits: ReadLimits = ReadLimits(), progress: bool = True
+) -> Iterator[Source]:
+    """Open the book's download (``spec`` None; cached, sha1-verified), a ``.zip``, a TSV or two
+    files given by their prefix; close them at the end."""
+    source = _open(spec, src_lang, tgt_lang, limits, progress)
+    try:
+        yield source
+    finally:
+        source.close()
 
-    Two files are given by their common prefix: ``corpus`` means ``corpus.en`` and ``corpus.fr``
-    for languages ``en`` and ``fr`` (fairseq's convention).
-    """
-    if source is None:
+
+def _open(spec: str | Path | None, src_lang: str, tgt_lang: str, limits: ReadLimits, progress: bool) -> Source:
+    if spec is None:
         # MTKIT_DATA_URL names a mirror of the same archive (its sha1 is still checked).
         url = os.environ.get("MTKIT_DATA_URL") or BOOK_URL
-        path = download(url, BOOK_SHA1, progress)
-        corpus = read_zip(path)
-        corpus.origin["url"] = url
-        return corpus
-    path = Path(source)
-    if path.is_file():
-        if zipfile.is_zipfile(path):
-            return read_zip(path)
-        if path.suffix.lower() == ".zip":
-            raise DataError("not a valid zip archive (corrupt or truncated?)", path)
-        return read_tsv(path)
+        source = _open_zip(download(url, BOOK_SHA1, progress), limits)
+        source.origin["url"] = url
+        return source
+    path = Path(spec)
     if path.is_dir():
         raise DataError("is a directory; expected a .zip, a .tsv/.txt of pairs or a file prefix", path)
-    src_file = path.with_name(f"{path.name}.{src_lang}")
-    tgt_file = path.with_name(f"{path.name}.{tgt_lang}")
-    if src_file.is_file() and tgt_file.is_file():
-        return read_parallel_files(src_file, tgt_file)
+    if path.is_file():
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(b"PK\x03\x04") or path.suffix.lower() == ".zip":
+            return _open_zip(path, limits)
+        return Source(str(path), "tsv", {"path": str(path)}, [_open_file(path, limits)])
+    src_file, tgt_file = _find_side(path, src_lang), _find_side(path, tgt_lang)
+    if src_file and tgt_file:
+        streams = [_open_file(src_file, limits)]
+        try:
+            streams.append(_open_file(tgt_file, limits))
+        except BaseException:
+            streams[0].close()
+            raise
+        return Source(str(path), "parallel", {"path": str(src_file), "target_path": str(tgt_file)}, streams)
     raise DataError(
-        f"file not found (nor the parallel files {src_file.name} and {tgt_file.name})", path
+        f"file not found (nor the parallel files {path.name}.{src_lang} and {path.name}.{tgt_lang})", path
     )
 
 
-def read_zip(path: Path) -> Corpus:
+def _find_side(prefix: Path, lang: str) -> Path | None:
+    for suffix in ("", ".gz", ".xz", ".bz2"):
+        candidate = prefix.with_name(f"{prefix.name}.{lang}{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _open_file(path: Path, limits: ReadLimits) -> _Stream:
+    """A plain or compressed file of text lines."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the stream
+    except PermissionError:
+        raise DataError("permission denied", path) from None
+    hashing = _Hashing(raw)
+    closers = [raw.close]
+    try:
+        head = raw.read(8)
+        raw.seek(0)
+        for magic, reason in _UNSUPPORTED.items():
+            if head.startswith(magic):
+                raise DataError(f"is {reason}", path)
+        compression = next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
+        handle: BinaryIO = hashing  # type: ignore[assignment]
+        if compression:
+            decompressed = _OPENERS[compression](hashing)
+            closers.append(decompressed.close)
+            handle = _Guarded(decompressed, hashing, str(path), limits)  # type: ignore[assignment]
+        return _Stream(str(path), _Sniffed(handle, str(path), compression), closers, hashing.hash, compression or "none")
+    except BaseException:
+        raw.close()
+        raise
+
+
+class _Sniffed:
+    """Checks the first bytes of a text stream: binary data (NUL bytes) or UTF-16 is refused."""
+
+    def __init__(self, handle: BinaryIO, name: str, compression: str | None) -> None:
+        self.handle, self.name, self.compression = handle, name, compression
+        self.checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.handle.read(size)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise DataError(f"cannot decompress ({self.compression}): {exc}", self.name) from None
+        if not self.checked:
+            self.checked = True
+            head = data[:SNIFF_BYTES]
+            if head.startswith(_UTF16_BOMS):
+                raise DataError("is UTF-16 text; mtkit reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)", self.name)
+            if b"\x00" in head:
+                inside = f" after {self.compression} decompression" if self.compression else ""
+                raise DataError(
+                    f"holds binary data{inside} (NUL bytes), not text; mtkit reads UTF-8 text, "
+                    "plain or gzip/xz/bzip2-compressed, and .zip archives",
+                    self.name,
+                )
+        return data
+
+
+def _open_zip(path: Path, limits: ReadLimits) -> Source:
     """The manythings/Tatoeba archive: the largest ``.txt``/``.tsv`` member other than notes."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = [
-                info
-                for info in archive.infolist()
-                if not info.is_dir()
-                and info.filename.lower().endswith((".txt", ".tsv"))
-                and not Path(info.filename).name.startswith(("_", "."))
-            ]
-            if not members:
-                raise DataError("the archive holds no .txt or .tsv file of pairs", path)
-            member = max(members, key=lambda info: info.file_size)
-            _check_not_a_bomb(path, member)
-            with archive.open(member) as handle:
-                data = handle.read(MAX_ZIP_MEMBER_BYTES + 1)
-            if len(data) > MAX_ZIP_MEMBER_BYTES:
-                raise DataError(f"{member.filename} expands beyond {MAX_ZIP_MEMBER_BYTES >> 30} GiB; refused", path)
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError):
+        raise DataError("not a valid zip archive (corrupt or truncated?)", path) from None
+    try:
+        members = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir()
+            and info.filename.lower().endswith((".txt", ".tsv"))
+            and not Path(info.filename).name.startswith(("_", "."))
+        ]
+        if not members:
+            raise DataError("the archive holds no .txt or .tsv file of pairs", path)
+        member = max(members, key=lambda info: info.file_size)
+        _check_not_a_bomb(path, member, limits)
+        handle = archive.open(member)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as exc:
+        archive.close()
         raise DataError(f"cannot read zip archive ({exc})", path) from None
-    corpus = parse_tsv(data, f"{path}:{member.filename}")
-    corpus.origin.update(path=str(path), member=member.filename, sha256=file_digest(path))
-    return corpus
+    except BaseException:
+        archive.close()
+        raise
+    name = f"{path}:{member.filename}"
+    stream = _Stream(name, _ZipMember(_Sniffed(handle, name, None), path), [archive.close, handle.close], file_digest(path), "zip")
+    return Source(name, "tsv", {"path": str(path), "member": member.filename}, [stream])
 
 
-def _check_not_a_bomb(path: Path, member: zipfile.ZipInfo) -> None:
-    if member.file_size > MAX_ZIP_MEMBER_BYTES:
-        raise DataError(f"{member.filename} expands to {member.file_size:,} bytes; refused", path)
-    if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
+class _ZipMember:
+    """A zip member's bytes; a damaged archive is reported as such, not as a crash."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self.handle, self.path = handle, path
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.handle.read(size)
+        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, NotImplementedError) as exc:
+            raise DataError(f"cannot read zip archive ({exc})", self.path) from None
+
+
+def _check_not_a_bomb(path: Path, member: zipfile.ZipInfo, limits: ReadLimits) -> None:
+    """zipfile never returns more than a member's declared size, so checking it is enough."""
+    if member.file_size > limits.max_bytes:
         raise DataError(
-            f"{member.filename} expands {member.file_size // member.compress_size}x "
-            f"(limit {MAX_ZIP_RATIO}x): refused as a likely zip bomb",
+            f"{member.filename} expands to {member.file_size:,} bytes (limit {_size(limits.max_bytes)}; "
+            "raise --max-expanded-size if it is genuine): refused",
             path,
         )
-
-
-def read_tsv(path: Path) -> Corpus:
-    corpus = parse_tsv(path.read_bytes(), str(path))
-    corpus.origin.update(path=str(path), sha256=file_digest(path))
-    return corpus
-
-
-def parse_tsv(data: bytes, name: str) -> Corpus:
-    """Pairs from tab-separated lines of 2 columns, or 3 (manythings' attribution column)."""
-    corpus = Corpus(pairs=[], origin={})
-    for raw in _lines(data):
-        if not raw.strip():
-            corpus.dropped["blank line"] += 1
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            corpus.dropped["invalid UTF-8"] += 1
-            continue
-        columns = line.split("\t")
-        if len(columns) < 2:
-            corpus.dropped["no tab"] += 1
-        elif len(columns) > 3:
-            corpus.dropped["more than 3 columns"] += 1
-        else:
-            _add_pair(corpus, columns[0], columns[1])
-    if not corpus.pairs:
-        raise DataError(f"no usable sentence pairs ({_describe(corpus.dropped)})", name)
-    return corpus
-
-
-def read_parallel_files(src_file: Path, tgt_file: Path) -> Corpus:
-    src_lines, tgt_lines = _lines(src_file.read_bytes()), _lines(tgt_file.read_bytes())
-    if len(src_lines) != len(tgt_lines):
+    if member.compress_size and member.file_size / member.compress_size > limits.max_ratio:
         raise DataError(
-            f"parallel files differ in length: {src_file} has {len(src_lines):,} lines, "
-            f"{tgt_file} has {len(tgt_lines):,}"
+            f"{member.filename} expands {member.file_size // member.compress_size}x "
+            f"(limit {limits.max_ratio:g}x; raise --max-expand-ratio if it is genuine): refused as a likely zip bomb",
+            path,
         )
-    corpus = Corpus(pairs=[], origin={"path": str(src_file), "target_path": str(tgt_file)})
-    for src, tgt in zip(src_lines, tgt_lines):
-        try:
-            _add_pair(corpus, src.decode("utf-8"), tgt.decode("utf-8"))
-        except UnicodeDecodeError:
-            corpus.dropped["invalid UTF-8"] += 1
-    if not corpus.pairs:
-        raise DataError(f"no usable sentence pairs ({_describe(corpus.dropped)})", src_file)
-    corpus.origin.update(sha256=file_digest(src_file), target_sha256=file_digest(tgt_file))
-    return corpus
-
-
-def _lines(data: bytes) -> list[bytes]:
-    """Split on ``\\n``, ``\\r\\n`` or a lone ``\\r``; drop a UTF-8 byte-order mark."""
-    return data.removeprefix(b"\xef\xbb\xbf").splitlines()
-
-
-def _add_pair(corpus: Corpus, src: str, tgt: str) -> None:
-    src, tgt = clean(src), clean(tgt)
-    if src and tgt:
-        corpus.pairs.append((src, tgt))
-    else:
-        corpus.dropped["empty side"] += 1
-
-
-def _describe(dropped: Counter[str]) -> str:
-    if not dropped:
-        return "the input is empty"
-    return "skipped: " + ", ".join(f"{n:,} {reason}" for reason, n in dropped.most_common())

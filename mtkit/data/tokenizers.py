@@ -21,6 +21,9 @@ from mtkit.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 from mtkit.errors import DataError
 
 TOKENIZERS = ("word", "sentencepiece")
+# SentencePiece's model depends on how many threads trained it: a fixed count makes the same data
+# give the same model on any machine (and for any --workers), and keeps up to 16 cores busy.
+SPM_THREADS = 16
 _HIDDEN = {PAD, BOS, EOS}
 
 
@@ -29,6 +32,8 @@ class Tokenizer(Protocol):
     vocab: Vocab
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
@@ -52,10 +57,17 @@ class WordTokenizer:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(cls.split(text))
+        return cls.from_counts(counts, min_freq)
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], min_freq: int) -> WordTokenizer:
         return cls(Vocab.build(counts, min_freq=min_freq))
 
     def encode(self, text: str) -> list[int]:
         return self.vocab.encode(self.split(text))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.vocab.encode(self.split(text)) for text in texts]
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.vocab.tokens[i] for i in ids if i not in _HIDDEN]
@@ -80,17 +92,53 @@ class SentencePieceTokenizer:
         self.vocab = Vocab([self.processor.id_to_piece(i) for i in range(size)])
 
     @classmethod
-    def train(
-        cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram"
-    ) -> SentencePieceTokenizer:
-        model = io.BytesIO()
+    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram") -> SentencePieceTokenizer:
         sentences = [t for t in texts if t]
         if not sentences:
             raise DataError("no text to train a SentencePiece model on")
+        return cls._train(vocab_size, model_type, sentence_iterator=iter(sentences))
+
+    @classmethod
+    def train_file(cls, path: str | Path, vocab_size: int, model_type: str = "unigram") -> SentencePieceTokenizer:
+        """Train on the lines of a file (a sample written by ``preprocess``)."""
+        size = Path(path).stat().st_size
+        if not size:
+            raise DataError("no text to train a SentencePiece model on")
+        with open(path, encoding="utf-8") as handle:
+            # An iterator, not input=path: the model would record the path. Over 2^31
+            # characters the unigram trainer needs 64-bit suffix-array indices.
+            lines = (line.rstrip("\n") for line in handle)
+            return cls._train(vocab_size, model_type, sentence_iterator=lines, train_extremely_large_corpus=size >= 1 << 31)
+
+    @classmethod
+    def _train(cls, vocab_size: int, model_type: str, **inputs) -> SentencePieceTokenizer:
+        model = io.BytesIO()
         # SentencePiece raises when vocab_size is unreachable for a small corpus: let it pick the
         # largest reachable size instead (hard_vocab_limit=False).
         try:
-            cls._train(sentences, model, vocab_size, model_type)
+            spm.SentencePieceTrainer.train(
+                **inputs,
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                byte_fallback=True,
+                character_coverage=0.9995,
+                hard_vocab_limit=False,
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                pad_piece=SPECIALS[PAD],
+                unk_piece=SPECIALS[UNK],
+                bos_piece=SPECIALS[BOS],
+                eos_piece=SPECIALS[EOS],
+                unk_surface=SPECIALS[UNK],
+                input_sentence_size=0,  # every sentence given: preprocess samples beforehand
+                num_threads=SPM_THREADS,
+                minloglevel=2,
+            )
         except RuntimeError as exc:
             detail = str(exc).split("] ")[-1].split(" Increase")[0]
             raise DataError(
@@ -98,31 +146,6 @@ class SentencePieceTokenizer:
                 "(byte fallback needs 256 pieces plus one per character)"
             ) from None
         return cls(model.getvalue())
-
-    @staticmethod
-    def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type: str) -> None:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            byte_fallback=True,
-            character_coverage=0.9995,
-            hard_vocab_limit=False,
-            pad_id=PAD,
-            unk_id=UNK,
-            bos_id=BOS,
-            eos_id=EOS,
-            pad_piece=SPECIALS[PAD],
-            unk_piece=SPECIALS[UNK],
-            bos_piece=SPECIALS[BOS],
-            eos_piece=SPECIALS[EOS],
-            unk_surface=SPECIALS[UNK],
-            num_threads=2,
-            minloglevel=2,
-        )
 
     @classmethod
     def load(cls, path: str | Path) -> SentencePieceTokenizer:
@@ -141,6 +164,10 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """One call for many sentences, on one thread (preprocess runs one worker per core)."""
+        return self.processor.encode(texts, out_type=int, num_threads=1)
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.vocab.tokens[i] for i in ids if i not in _HIDDEN]

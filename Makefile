@@ -90,7 +90,7 @@ PEERS_VENV ?= $(WORK)/peers-venv
 BUDGET ?=
 QUICK ?=
 
-.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve bench-peers gpu-check
+.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve bench-peers bench-scale gpu-check
 
 bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget (REUSE=1 scores finished runs)
 	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES) $(if $(REUSE),--reuse)
@@ -125,3 +125,7 @@ bench-peers: install
 GPU_OUT ?= $(WORK)/gpu-check
 gpu-check:
 	OUT=$(GPU_OUT) bash benchmarks/gpu_check.sh $(or $(DATA),../shared/data/fra-eng.zip)
+
+bench-scale: install  # corpora of 1M, 4M, 16M pairs (SIZES=20k,50k STEPS=20: a quick check); about 20 GB of disk
+	$(BIN)/python benchmarks/scale.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/scale $(if $(SIZES),--sizes $(SIZES)) \
+	  $(if $(STEPS),--steps $(STEPS)) $(if $(PREPROCESS_ARGS),--preprocess-args="$(PREPROCESS_ARGS)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtkit import __version__
@@ -126,8 +127,27 @@ class _Build:
         self.work.mkdir()
         self.chunks: list[Chunk] = []
         self.sources: list[SourceReport] = []
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[count]}"),
+            TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not options.progress,
+        )
+
+    def step(self, description: str, unit: str = "chunks"):
+        """A line of progress on a terminal; returns the function that counts ``unit``."""
+        task = self.progress.add_task(description, total=None, count="")
+        done = [0]
+
+        def advance(n: int = 1) -> None:
+            done[0] += n
+            self.progress.update(task, count=f"{done[0]:,} {unit}")
+
+        return advance
 
     def run(self, corpora: list, dev: str | Path | None, test: str | Path | None) -> PreprocessReport:
+        with self.progress:
+            return self._run(corpora, dev, test)
+
+    def _run(self, corpora: list, dev: str | Path | None, test: str | Path | None) -> PreprocessReport:
         config = self.config
         smallest = self.read(corpora)
         given = {name: self.read_eval_file(path, name) for name, path in (("dev", dev), ("test", test)) if path is not None}
@@ -182,7 +202,9 @@ class _Build:
                 )
                 complete = True
                 results = self.workers.map(passes.clean_chunk, tasks)
+                advance = self.step(f"reading {source.name}", "pairs")
                 for result in results:
+                    advance(result.chunk.pairs)
                     chunk = result.chunk
                     chunk.base = total
                     report.lines += result.lines
@@ -259,7 +281,9 @@ class _Build:
         leaked: set[str] = set()
         counts = (Counter(), Counter())
         tasks = ((c, plan, config.normalize, self.vocab_roles(), words, s) for c, s in zip(self.chunks, samples))
+        advance = self.step("splitting")
         for collected in self.workers.map(passes.collect_chunk, tasks):
+            advance()
             for _, role, src, tgt in collected.held_out:
                 held[role].append((src, tgt))
             leaked |= collected.leaked_keys
@@ -296,6 +320,7 @@ class _Build:
 
     def train_tokenizers(self, material: dict) -> tuple:
         config = self.config
+        self.step(f"training the {config.tokenizer} vocabularies")
         if config.tokenizer == "word":
             src_counts, tgt_counts = material["counts"]
             if config.joint_vocab:
@@ -333,7 +358,9 @@ class _Build:
         )
         totals = {"pairs": 0, "too_long": 0, "max_lengths": [0, 0], "target_lengths": 0, "kept": []}
         tasks = ((c, plan, self.config.normalize, specs, self.config.max_len) for c in self.chunks)
+        advance = self.step("encoding")
         for chunk, result in zip(self.chunks, self.workers.map(passes.encode_chunk, tasks)):
+            advance()
             for name in ("src", "tgt", "src.norm", "tgt.norm", "key"):
                 chunk.path(name).unlink(missing_ok=True)
             totals["pairs"] += result.kept
@@ -347,6 +374,7 @@ class _Build:
     def assemble(self, encoded: dict, tokenizers: tuple) -> None:
         """Concatenate the chunks' outputs, in chunk order, into the split's final files."""
         config = self.config
+        self.step("writing the data directory")
         for i, side in enumerate(("src", "tgt")):
             dtype = encoded["dtypes"][i]
             with EncodedWriter(self.stage / f"train.{side}.ids", encoded["pairs"], dtype, length_dtype(encoded["max_lengths"][i])) as out:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mtkit.data.batching import bucket_batches, make_batch, pad_sequences
-from mtkit.data.dataset import EncodedSplit
+from mtkit.data.dataset import EncodedSide, EncodedSplit, write_encoded
 from mtkit.data.vocab import BOS, EOS, PAD
 
 
@@ -13,9 +13,9 @@ def random_lists(n, seed):
 
 
 @pytest.fixture
-def random_split(tmp_path):
+def random_split():
     def make(n=500, seed=0):
-        return EncodedSplit.from_lists(tmp_path, f"r{n}-{seed}", random_lists(n, seed), random_lists(n, seed + 100))
+        return EncodedSplit.from_lists(random_lists(n, seed), random_lists(n, seed + 100))
     return make
 
 
@@ -73,8 +73,21 @@ def test_a_plan_resumes_from_a_slice(random_split):
     assert [b.tolist() for b in plan[5:]] == [b.tolist() for b in list(plan)[5:]]
 
 
-def test_make_batch_shifts_targets_and_pads(tmp_path):
-    split = EncodedSplit.from_lists(tmp_path, "t", [[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
+@pytest.mark.parametrize("vocab_size", [1 << 16, 70_000])
+def test_the_memory_mapped_file_equals_the_token_lists(tmp_path, vocab_size):
+    sources = random_lists(300, 8) + [[], [vocab_size - 1] * 3]  # past one index stride; empty; the largest id
+    write_encoded(tmp_path / "s.ids", sources, vocab_size)
+    side = EncodedSide.open(tmp_path / "s.ids")
+    assert side.ids.dtype == (np.uint16 if vocab_size <= 1 << 16 else np.int32)
+    assert [side[i].tolist() for i in range(len(side))] == sources
+    in_memory = EncodedSide.from_lists(sources)
+    assert np.array_equal(in_memory.index, side.index) and np.array_equal(in_memory.lengths, side.lengths)
+    indices = np.array([301, 0, 64, 63, 128, 300, 5])
+    assert np.array_equal(side.padded(indices, EOS, PAD, 9)[0], in_memory.padded(indices, EOS, PAD, 9)[0])
+
+
+def test_make_batch_shifts_targets_and_pads():
+    split = EncodedSplit.from_lists([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
     batch = make_batch(split, [0, 1])
     assert batch.src.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]
     assert batch.src_lengths.tolist() == [4, 2]

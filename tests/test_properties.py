@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 
 import pytest
@@ -65,18 +64,17 @@ SEQUENCES = st.lists(st.lists(st.integers(4, 50), min_size=0, max_size=20), min_
 
 @given(SEQUENCES, st.integers(10, 200), st.integers(0, 3))
 def test_batching_then_unbatching_restores_order(sources, budget, epoch):
-    with tempfile.TemporaryDirectory() as directory:
-        split = EncodedSplit.from_lists(directory, "p", sources, [list(reversed(s)) for s in sources])
-        restored: dict[int, list[int]] = {}
-        seen = []
-        for indices in bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=budget, epoch=epoch):
-            batch = make_batch(split, indices)
-            seen += batch.indices.tolist()
-            for row, index in enumerate(batch.indices.tolist()):
-                length = int(batch.src_lengths[row]) - 1  # without <eos>
-                restored[index] = batch.src[row, :length].tolist()
-        assert sorted(seen) == list(range(len(sources)))  # every sentence exactly once
-        assert [restored[i] for i in range(len(sources))] == sources
+    split = EncodedSplit.from_lists(sources, [list(reversed(s)) for s in sources])
+    restored: dict[int, list[int]] = {}
+    seen = []
+    for indices in bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=budget, epoch=epoch):
+        batch = make_batch(split, indices)
+        seen += batch.indices.tolist()
+        for row, index in enumerate(batch.indices.tolist()):
+            length = int(batch.src_lengths[row]) - 1  # without <eos>
+            restored[index] = batch.src[row, :length].tolist()
+    assert sorted(seen) == list(range(len(sources)))  # every sentence exactly once
+    assert [restored[i] for i in range(len(sources))] == sources
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,19 @@ def _layout(count: int, length_bytes: int) -> tuple[int, int]:
     return index_at, _aligned(index_at + (count // INDEX_STRIDE + 1) * 8)
 
 
+def _index_entries(lengths: np.ndarray, tokens_before: int, position: int) -> np.ndarray:
+    """The token offsets of the sentences of a piece that sit at multiples of the stride;
+    ``position`` is the piece's first sentence, ``tokens_before`` the tokens before it."""
+    starts = tokens_before + np.cumsum(lengths, dtype=np.uint64) - lengths.astype(np.uint64)
+    return starts[-position % INDEX_STRIDE :: INDEX_STRIDE]
+
+
+def _finish_index(entries: list[np.ndarray], count: int, tokens: int) -> np.ndarray:
+    """The index: the entries, and the end of the data when ``count`` is a multiple of S."""
+    end = [np.array([tokens], dtype=np.uint64)] if count % INDEX_STRIDE == 0 else []
+    return np.concatenate([*entries, *end]).astype("<u8")
+
+
 class EncodedWriter:
     """Writes one ``.ids`` file from lengths and then ids given in pieces, in sentence order.
 
@@ -97,21 +110,17 @@ class EncodedWriter:
             raise ValueError("more lengths than sentences")
         if len(lengths) and (lengths.min() < 0 or lengths.max() > np.iinfo(self.lengths_dtype).max):
             raise ValueError(f"a length does not fit {self.lengths_dtype}")
-        ends = self.tokens + np.cumsum(lengths, dtype=np.uint64)
-        starts = np.concatenate([[np.uint64(self.tokens)], ends[:-1]]) if len(lengths) else ends
-        first = -self.lengths_written % INDEX_STRIDE  # the first position in this piece that is a multiple of S
-        self.index.append(starts[first::INDEX_STRIDE])
+        self.index.append(_index_entries(lengths, self.tokens, self.lengths_written))
         self._write(lengths.astype(self.lengths_dtype).tobytes())
         self.lengths_written += len(lengths)
-        self.tokens = int(ends[-1]) if len(lengths) else self.tokens
+        self.tokens += int(lengths.sum(dtype=np.int64))
 
     def add_ids(self, ids: np.ndarray) -> None:
         if self.lengths_written != self.count:
             raise ValueError("write every length before the ids")
         if self.handle.tell() <= self.index_at:  # the first ids: the index goes before them
             self._pad_to(self.index_at)
-            index = np.concatenate([*self.index, [np.uint64(self.tokens)]]) if self.count % INDEX_STRIDE == 0 else np.concatenate(self.index)
-            self._write(index.astype("<u8").tobytes())
+            self._write(_finish_index(self.index, self.count, self.tokens).tobytes())
             self._pad_to(self.ids_at)
         ids = np.asarray(ids)
         if len(ids) and (ids.min() < 0 or ids.max() > np.iinfo(self.ids_dtype).max):
@@ -153,30 +162,41 @@ def write_encoded(path: str | Path, sequences: Sequence[Sequence[int]], vocab_si
 
 
 class EncodedSide:
-    """One side of an encoded split, memory-mapped: ``lengths`` and ids gathered per batch."""
+    """One side of an encoded split: ``lengths``, the sparse ``index`` and the ``ids``, memory-
+    mapped from an ``.ids`` file (``open``) or held in memory (``from_lists``)."""
 
-    def __init__(self, path: str | Path, verify: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, lengths: np.ndarray, index: np.ndarray, ids: np.ndarray, path: Path | None = None) -> None:
+        self.lengths, self.index, self.ids, self.path = lengths, index, ids, path
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> EncodedSide:
+        """Map a file after checking its header, size and (``verify``) checksum."""
+        path = Path(path)
         try:
-            data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            data = np.memmap(path, dtype=np.uint8, mode="r")
         except FileNotFoundError:
-            raise DataError(f"encoded split not found; {RERUN}", self.path) from None
+            raise DataError(f"encoded split not found; {RERUN}", path) from None
         except ValueError:  # an empty file cannot be mapped
             data = np.zeros(0, np.uint8)
         if len(data) < HEADER_BYTES or bytes(data[:8]) != MAGIC:
-            raise DataError(f"not an mtkit .ids file (truncated or corrupted?); {RERUN}", self.path)
+            raise DataError(f"not an mtkit .ids file (truncated or corrupted?); {RERUN}", path)
         _, version, id_bytes, length_bytes, stride, count, tokens, crc = HEADER.unpack_from(bytes(data[:HEADER_BYTES]))
         if version != FORMAT_VERSION or id_bytes not in ID_DTYPES or length_bytes not in LENGTH_DTYPES or stride != INDEX_STRIDE:
-            raise DataError(f"unsupported .ids format (version {version}); {RERUN} with this mtkit", self.path)
+            raise DataError(f"unsupported .ids format (version {version}); {RERUN} with this mtkit", path)
         index_at, ids_at = _layout(count, length_bytes)
         if len(data) != ids_at + tokens * id_bytes:
-            raise DataError(f"encoded split has {len(data):,} bytes, expected {ids_at + tokens * id_bytes:,} (truncated?); {RERUN}", self.path)
-        if verify and _crc32(self.path) != crc:
-            raise DataError(f"encoded split fails its checksum (corrupted); {RERUN}", self.path)
-        self.lengths = data[HEADER_BYTES : HEADER_BYTES + count * length_bytes].view(LENGTH_DTYPES[length_bytes])
-        self.index = data[index_at : index_at + (count // stride + 1) * 8].view("<u8")
-        self.ids = data[ids_at:].view(ID_DTYPES[id_bytes])
-        self.tokens = tokens
+            raise DataError(f"encoded split has {len(data):,} bytes, expected {ids_at + tokens * id_bytes:,} (truncated?); {RERUN}", path)
+        if verify and _crc32(path) != crc:
+            raise DataError(f"encoded split fails its checksum (corrupted); {RERUN}", path)
+        lengths = data[HEADER_BYTES : HEADER_BYTES + count * length_bytes].view(LENGTH_DTYPES[length_bytes])
+        index = data[index_at : index_at + (count // stride + 1) * 8].view("<u8")
+        return cls(lengths, index, data[ids_at:].view(ID_DTYPES[id_bytes]), path)
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> EncodedSide:
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        ids = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=int(lengths.sum()))
+        return cls(lengths, _finish_index([_index_entries(lengths, 0, 0)], len(lengths), len(ids)), ids)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -226,21 +246,20 @@ class EncodedSplit:
 
     def __init__(self, src: EncodedSide, tgt: EncodedSide, groups: np.ndarray | None = None) -> None:
         if len(src) != len(tgt):
-            raise DataError(f"{src.path} has {len(src):,} sentences, {tgt.path} {len(tgt):,}; {RERUN}")
+            raise DataError(f"{src.path or 'source'} has {len(src):,} sentences, {tgt.path or 'target'} {len(tgt):,}; {RERUN}")
         self.src, self.tgt = src, tgt
         self.groups = np.arange(len(src)) if groups is None else groups
 
     @classmethod
     def open(cls, directory: str | Path, split: str, groups: np.ndarray | None = None, verify: bool = True) -> EncodedSplit:
         directory = Path(directory)
-        return cls(EncodedSide(directory / f"{split}.src.ids", verify), EncodedSide(directory / f"{split}.tgt.ids", verify), groups)
+        sides = (EncodedSide.open(directory / f"{split}.{side}.ids", verify) for side in ("src", "tgt"))
+        return cls(*sides, groups)
 
     @classmethod
-    def from_lists(cls, directory: str | Path, split: str, src: list[list[int]], tgt: list[list[int]], vocab_size: int = 1 << 16) -> EncodedSplit:
-        """Write a split's two files from id lists and open them (dev/test sets, tests)."""
-        for side, sequences in (("src", src), ("tgt", tgt)):
-            write_encoded(Path(directory) / f"{split}.{side}.ids", sequences, vocab_size)
-        return cls.open(directory, split)
+    def from_lists(cls, src: list[list[int]], tgt: list[list[int]], groups: list[int] | None = None) -> EncodedSplit:
+        """A split held in memory (tests, small sets)."""
+        return cls(EncodedSide.from_lists(src), EncodedSide.from_lists(tgt), None if groups is None else np.asarray(groups))
 
     def __len__(self) -> int:
         return len(self.src)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mtkit.data.dataset import EncodedSplit
+from mtkit.data.dataset import EncodedSide, EncodedSplit
 from mtkit.data.vocab import EOS, PAD
 from mtkit.models.quantize import Int8Linear
 
@@ -63,8 +64,8 @@ class Shortlist:
     def learn(cls, train: EncodedSplit, src_vocab: int, tgt_vocab: int, k: int) -> Shortlist:
         """Count, over the training pairs, in how many sentences each source token, target token
         and (source, target) pair occur, and keep the best ``k`` targets by Dice per source."""
-        src_sentence, src_token = _present(train.src_ids, train.src_lengths, src_vocab)
-        tgt_sentence, tgt_token = _present(train.tgt_ids, train.tgt_lengths, tgt_vocab)
+        src_sentence, src_token = _present(train.src, src_vocab)
+        tgt_sentence, tgt_token = _present(train.tgt, tgt_vocab)
         src_count = torch.bincount(src_token, minlength=src_vocab)
         tgt_count = torch.bincount(tgt_token, minlength=tgt_vocab)
         # Every (source, target) pair of each sentence: each source entry is repeated once per
@@ -108,8 +109,9 @@ class Shortlist:
         return VocabSubset(columns, ~allowed[:, columns], layer, position)
 
 
-def _present(ids: Tensor, lengths: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
+def _present(side: EncodedSide, vocab: int) -> tuple[Tensor, Tensor]:
     """(sentence, token) for every distinct token of every sentence, by sentence."""
+    lengths = torch.from_numpy(side.lengths.astype(np.int64))
     sentence = torch.arange(len(lengths)).repeat_interleave(lengths)
-    pairs = torch.unique(sentence * vocab + ids.to(torch.int64))
+    pairs = torch.unique(sentence * vocab + torch.from_numpy(np.asarray(side.ids, dtype=np.int64)))
     return pairs // vocab, pairs % vocab

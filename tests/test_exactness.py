@@ -8,6 +8,7 @@ label smoothing.
   M-step run's weights for every schedule but linear (which decays to the budget's end); its
   metrics hold one extra line, the final validation at N.
 - The same command in fresh processes gives the same weights, bit for bit.
+- The book's procedure (shuffled sentence batches, truncation) resumes exactly too.
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ def test_a_run_continued_past_its_step_limit(schedule, split_at, straight_runs, 
     assert len(metrics(run)) == len(metrics(straight)) + (split_at % VALID_EVERY != 0)
     same = all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(straight).values()))
     assert same == (schedule != "linear")  # linear decayed towards step split_at, then was raised
+
+
+def test_the_books_procedure_stopped_by_a_signal_resumes_to_the_straight_run(reverse_data, tmp_path):
+    """recipes/d2l.toml's batching: shuffled sentence batches, num_steps truncation, the encoder
+    over <pad>; stopped within the first epoch, resumed on the rest of the same batch plan."""
+    def book(max_steps: int) -> Recipe:
+        config = recipe("constant", max_steps)
+        for dotted, value in {
+            "train.batch_tokens": None, "train.batch_size": 32, "train.shuffled_batches": True, "train.truncate": 6,
+            "model.source_steps": 6, "model.decode_steps": 6, "model.output_init": "pytorch",
+        }.items():
+            set_option(config, dotted, value)
+        return config
+
+    train(book(STEPS), reverse_data, tmp_path / "straight", console=QUIET)
+    run = tmp_path / "run"
+    with signal_during_step(7), pytest.raises(Interrupted, match="stopped by SIGTERM at step 7 "):
+        train(book(STEPS), reverse_data, run, console=QUIET)
+    resume(run, {}, console=QUIET)
+    assert metrics(run) == metrics(tmp_path / "straight")
+    assert_same_weights(weights(run), weights(tmp_path / "straight"))
 
 
 def test_resume_from_another_working_directory(reverse_data, tmp_path):

@@ -119,14 +119,16 @@ def preprocess(
     allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="Keep a source even when most of its lines are skipped (stop with an error otherwise).")] = False,
     max_expanded_size: Annotated[str, typer.Option(help="Refuse a compressed file or zip member that expands beyond this (e.g. 500M, 64G).")] = "64G",
     max_expand_ratio: Annotated[float, typer.Option(help="Refuse compressed data that expands more than this many times (a likely decompression bomb).")] = 200.0,
+    tokenizers_from: Annotated[Optional[Path], typer.Option(help="Encode with this trained run's tokenisers and vocabularies, to fine-tune it (`mtkit train --init RUN_DIR`); settings that would change them are refused.")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Turn raw parallel text into a data directory: split, normalise, tokenise, encode."""
     from mtkit.data.preprocess import RunOptions, preprocess as run_preprocess, print_report
     from mtkit.data.sources import ReadLimits, parse_size
 
+    values = locals()
     config = load_recipe(recipe)
-    _apply(config, "data", {k: v for k, v in locals().items() if k in _DATA_FLAGS})
+    _apply(config, "data", {k: values[k] for k in _DATA_FLAGS})
     _apply_extra(config, ctx, ("data",))
     corpora = ([source] if source is not None else []) + list(train or [])
     options = RunOptions(
@@ -135,8 +137,21 @@ def preprocess(
     )
     if workers is not None:
         options.workers = workers
-    report = run_preprocess(config.data, out, corpora or [None], dev, test, force, options)
+    tokenizers = None
+    if tokenizers_from is not None:
+        from mtkit.finetune import inherited_tokenizers
+
+        tokenizers = inherited_tokenizers(tokenizers_from, config.data, _given(values, _DATA_FLAGS, ctx, "data"))
+    report = run_preprocess(config.data, out, corpora or [None], dev, test, force, options, tokenizers)
     print_report(report, stdout)
+    if tokenizers is not None:
+        stdout.print(f"tokenisers and vocabularies: {tokenizers.origin}", markup=False)
+
+
+def _given(values: dict[str, Any], flags: set[str], ctx: typer.Context, section: str) -> set[str]:
+    """The ``section`` settings given by a flag, a --SECTION.KEY override or the recipe file."""
+    overrides = {d.partition(".")[2] for d in parse_extra_overrides(ctx.args) if d.partition(".")[0] == section}
+    return {k for k in flags if values[k] is not None} | overrides | recipe_keys(values["recipe"], section)
 
 
 _DATA_FLAGS = {
@@ -172,6 +187,9 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     recipe: RecipeOpt = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from its last.pt with its saved config (raise limits with --max-*).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's weights and model settings, with a fresh optimiser and schedule (--data encoded with `mtkit preprocess --tokenizers-from RUN_DIR`).")] = None,
+    init_checkpoint: Annotated[Optional[str], typer.Option(help="With --init: best (default), last, or a checkpoint file of that run.")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also log to TensorBoard in this directory: training loss, learning rate, tokens/s, dev scores, example translations (needs: pip install 'mtkit\\[tensorboard]').")] = None,
     cell: Annotated[Optional[str], _setting("model.cell", "gru or lstm.")] = None,
     impl: Annotated[Optional[str], _setting("model.impl", "fused (nn.GRU/nn.LSTM kernels) or scratch (the chapter's gate equations).")] = None,
     embed: Annotated[Optional[int], _setting("model.embed", "Embedding size.")] = None,
@@ -226,10 +244,29 @@ def train(
     if nproc is not None and nproc > 1:
         _launch_processes(nproc, resume)
     elif resume is not None:
-        resume_training(resume, _resume_limits(values, ctx), stderr)
+        resume_training(resume, _resume_limits(values, ctx), stderr, tensorboard)
     else:
         config, data_keys = _train_recipe(values, ctx)
-        run_training(config, data, out, force, stderr, data_keys)
+        parent = _parent(values, ctx, config)
+        if parent is None:
+            run_training(config, data, out, force, stderr, data_keys, tensorboard=tensorboard)
+        else:
+            from mtkit.finetune import fine_tune
+
+            fine_tune(parent, config, data, out, force, stderr, data_keys, tensorboard)
+
+
+def _parent(values: dict[str, Any], ctx: typer.Context, config: Recipe):
+    """With --init: the run to fine-tune, whose model settings ``config`` takes."""
+    if values["init"] is None:
+        if values["init_checkpoint"] is not None:
+            raise UsageError("--init-checkpoint needs --init RUN_DIR")
+        return None
+    from mtkit.finetune import Parent
+
+    parent = Parent(values["init"], values["init_checkpoint"])
+    parent.keep_model(config, _given(values, _MODEL_FLAGS, ctx, "model"))
+    return parent
 
 
 def _launch_processes(nproc: int, resume: Optional[Path]) -> None:
@@ -249,9 +286,9 @@ def _launch_processes(nproc: int, resume: Optional[Path]) -> None:
 
 def _resume_limits(values: dict[str, Any], ctx: typer.Context) -> dict[str, Any]:
     """The limits given with --resume; anything else would no longer be the same run."""
-    others = [k for k in ("data", "out", "recipe", *_MODEL_FLAGS, *_TRAIN_FLAGS - set(_LIMIT_FLAGS)) if values[k] is not None]
+    others = [k for k in ("data", "out", "recipe", "init", "init_checkpoint", *_MODEL_FLAGS, *_TRAIN_FLAGS - set(_LIMIT_FLAGS)) if values[k] is not None]
     if others or ctx.args:
-        raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time)")
+        raise UsageError("--resume continues RUN_DIR with its saved config: give only limits (--max-steps/--max-epochs/--max-time) and --tensorboard")
     return {k: values[k] for k in _LIMIT_FLAGS}
 
 

@@ -67,8 +67,11 @@ def finish_run_dir(run_dir: Path) -> Path:
     return target
 
 
-def save_run_config(run_dir: Path, recipe: Recipe, data: DataDir, processes: int) -> None:
-    """Copy the tokenisers in and save the fully resolved configuration as JSON."""
+def save_run_config(
+    run_dir: Path, recipe: Recipe, data: DataDir, processes: int, parent: dict[str, Any] | None = None
+) -> None:
+    """Copy the tokenisers in and save the fully resolved configuration as JSON; ``parent``
+    records the run a fine-tuning run starts from."""
     tokenizers = {}
     for side, info in data.manifest["tokenizers"].items():
         for key in {"file", "vocab"}:
@@ -85,6 +88,7 @@ def save_run_config(run_dir: Path, recipe: Recipe, data: DataDir, processes: int
             "src_lang": data.src_lang,
             "tgt_lang": data.tgt_lang,
             "tokenizers": tokenizers,
+            **({"parent": parent} if parent else {}),
             **config,
         },
     )

@@ -32,7 +32,7 @@ from mtkit.data.normalize import apply_scheme
 from mtkit.data.dataset import FORMAT_VERSION, EncodedWriter, id_dtype, length_dtype, write_encoded, write_eval_set
 from mtkit.data.sources import ReadLimits, open_source
 from mtkit.data.split import DEV, TEST, TRAIN, EvalSet, SampleChooser, SplitPlan, group_hashes, group_key, smallest_distinct
-from mtkit.data.tokenizers import SentencePieceTokenizer, WordTokenizer
+from mtkit.data.tokenizers import SentencePieceTokenizer, TokenizerPair, WordTokenizer
 from mtkit.data.workers import Workers, available_cores
 from mtkit.errors import DataError, Interrupted, UsageError
 from mtkit.fileio import staged_dir, write_json
@@ -84,10 +84,11 @@ def preprocess(
     test: str | Path | None = None,
     force: bool = False,
     options: RunOptions | None = None,
+    tokenizers: TokenizerPair | None = None,
 ) -> PreprocessReport:
     """Read, split, normalise, tokenise and encode ``corpora`` (None: the book's download) into
     ``out``. Dev and test are split off the corpora unless ready-made ``dev`` (and ``test``)
-    files are given."""
+    files are given. ``tokenizers`` (a trained run's) encode instead of new ones."""
     options = options or RunOptions()
     if test is not None and dev is None:
         raise UsageError("--test needs --dev (give neither to split dev and test off the corpora)")
@@ -95,7 +96,7 @@ def preprocess(
         raise UsageError("give a corpus: SOURCE or --train FILE (several --train add up)")
     out = Path(out)
     with _sigterm_stops(), staged_dir(out, force, "data directory") as stage, Workers(options.workers) as workers:
-        build = _Build(config, options, workers, stage)
+        build = _Build(config, options, workers, stage, tokenizers)
         report = build.run(list(corpora), dev, test)
     report.out = out
     return report
@@ -121,8 +122,11 @@ def _sigterm_stops() -> Iterator[None]:
 class _Build:
     """One preprocess run: the passes over the chunks and what is decided between them."""
 
-    def __init__(self, config: DataConfig, options: RunOptions, workers: Workers, stage: Path) -> None:
+    def __init__(
+        self, config: DataConfig, options: RunOptions, workers: Workers, stage: Path, inherited: TokenizerPair | None
+    ) -> None:
         self.config, self.options, self.workers, self.stage = config, options, workers, stage
+        self.inherited = inherited  # tokenisers given: none to learn
         self.work = stage / ".work"
         self.work.mkdir()
         self.chunks: list[Chunk] = []
@@ -156,7 +160,7 @@ class _Build:
         held_out = 0 if given else len(eval_sets["dev"].pairs) + len(eval_sets["test"].pairs)
         if plan.used == held_out:
             raise UsageError("the training split is empty: lower --dev-size/--test-size or add data")
-        tokenizers = self.train_tokenizers(material)
+        tokenizers = (self.inherited.src, self.inherited.tgt) if self.inherited else self.train_tokenizers(material)
         encoded = self.encode(plan, tokenizers)
         if not encoded["pairs"]:
             raise UsageError(f"--max-len {config.max_len} removes every training pair")
@@ -274,9 +278,9 @@ class _Build:
 
     def collect(self, plan: SplitPlan, given: dict[str, EvalSet]) -> tuple[dict[str, EvalSet], set[str], dict]:
         config = self.config
-        words = config.tokenizer == "word"
-        extra = given["dev"].pairs if config.vocab_with_dev and "dev" in given else []
-        samples = [None] * len(self.chunks) if words else self.sample(plan, len(extra))
+        words = config.tokenizer == "word" and not self.inherited
+        extra = given["dev"].pairs if config.vocab_with_dev and "dev" in given and not self.inherited else []
+        samples = [None] * len(self.chunks) if words or self.inherited else self.sample(plan, len(extra))
         held: dict[int, list[tuple[str, str]]] = {DEV: [], TEST: []}
         leaked: set[str] = set()
         counts = (Counter(), Counter())
@@ -294,6 +298,8 @@ class _Build:
             "dev": given["dev"], "test": given.get("test", EvalSet([], []))
         }
         material: dict = {"sentences": sum(len(s) for s in samples if s is not None) + len(extra)}
+        if self.inherited:
+            return eval_sets, leaked, material
         if words:
             for side, total in zip((0, 1), counts):
                 total.update(t for pair in extra for t in WordTokenizer.split(apply_scheme(pair[side], config.normalize)))
@@ -416,7 +422,8 @@ class _Build:
                 "sources": sources,
                 "options": dataclasses.asdict(config),
                 "tokenizers": self.tokenizer_info,
-                "tokenizer_sentences": material["sentences"] if config.tokenizer == "sentencepiece" else None,
+                "tokenizer_sentences": material["sentences"] if config.tokenizer == "sentencepiece" and not self.inherited else None,
+                "tokenizers_from": self.inherited.origin if self.inherited else None,
                 "splits": report.splits,
                 "dropped_lines": dict(report.dropped),
                 "filtered_by_max_len": report.filtered_long,

@@ -199,6 +199,16 @@ class TextProcessor:
         return " ".join(self.tokenizer.pieces(ids))
 
 
+@dataclass
+class TokenizerPair:
+    """Tokenisers made before preprocessing (a trained run's, for fine-tuning it) for
+    ``preprocess`` to encode with instead of training new ones."""
+
+    src: WordTokenizer | SentencePieceTokenizer
+    tgt: WordTokenizer | SentencePieceTokenizer
+    origin: str  # where they come from, recorded in the data directory's manifest
+
+
 def load_tokenizer(kind: str, path: str | Path) -> WordTokenizer | SentencePieceTokenizer:
     if kind == "word":
         return WordTokenizer(Vocab.load(path))

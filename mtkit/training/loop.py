@@ -44,6 +44,7 @@ from mtkit.rundir import RunDir, finish_run_dir, new_run_dir, replaced_by, save_
 from mtkit.training.distributed import Distributed, all_sum, gather_objects, init_distributed, shutdown
 from mtkit.training.progress import Reporter, Window, clock
 from mtkit.training.schedules import Schedule
+from mtkit.training.tensorboard import EXAMPLES, TensorBoard, require_tensorboard
 from mtkit.training.validation import DevSet
 
 LIMITS = ("max_steps", "max_epochs", "max_time")
@@ -66,6 +67,16 @@ class Validation:
     tokens_per_second: float
     padding: float
     final: bool = False  # the extra validation at the limit, not a scheduled one
+
+
+@dataclass
+class StartingWeights:
+    """Weights a new run starts from instead of random ones (fine-tuning another run), and what
+    its config.json records of where they come from."""
+
+    model: dict[str, torch.Tensor]
+    parent: dict[str, Any]
+    description: str  # for the log
 
 
 @dataclass
@@ -94,6 +105,7 @@ class Trainer:
     def __init__(
         self, recipe: Recipe, data: DataDir, run_dir: Path, console: Console,
         dist: Distributed = Distributed(), checkpoint: dict[str, Any] | None = None,
+        tensorboard: Path | None = None,
     ) -> None:
         self.recipe, self.data, self.run_dir, self.dist = recipe, data, Path(run_dir), dist
         self.cfg = cfg = recipe.train
@@ -113,6 +125,8 @@ class Trainer:
         self.signalled = 0  # the signal that asked the run to stop, 0 for none
         self.signalled_at = 0.0
         self.reporter = Reporter(console, self.run_dir / "train.log", enabled=dist.is_main)
+        self.tensorboard = tensorboard if dist.is_main else None
+        self.board: TensorBoard | None = None  # open while ``run`` runs
         if checkpoint is not None:
             self.restore(checkpoint)
 
@@ -202,6 +216,8 @@ class Trainer:
         )
         state.target_tokens += int(n_tokens)
         state.window.add(loss, int(n_tokens), int(padded), now - step_started)
+        if self.board is not None:
+            self.board.step(state.step, loss / max(1, n_tokens), lr, n_tokens / max(now - step_started, 1e-9))
         fraction = self.fraction_done(batches_in_epoch)
         self.reporter.update(state.step, fraction, state.window)
         if state.step % self.cfg.log_every == 0:
@@ -231,7 +247,7 @@ class Trainer:
         history: list[Validation] = []
         started = time.perf_counter() - state.elapsed
         validated, lr = True, cfg.lr
-        with self._signals_caught(), self.reporter:
+        with self._signals_caught(), self.reporter, self._tensorboard_open():
             self.reporter.start(self.fraction_done(1))
             while not self.limit_reached():
                 batches = self.epoch_batches()
@@ -265,6 +281,14 @@ class Trainer:
     def _validation_due(self, epoch_done: bool) -> bool:
         every = self.cfg.valid_every
         return self.state.step % every == 0 if every else epoch_done
+
+    @contextmanager
+    def _tensorboard_open(self) -> Iterator[None]:
+        if self.tensorboard is None:
+            yield
+            return
+        with TensorBoard(self.tensorboard) as self.board:
+            yield
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -321,6 +345,9 @@ class Trainer:
         if self.dist.is_main:
             scores = self.dev.score(self.model, self.device, self.precision)
             result.dev_loss, result.dev_bleu, result.dev_chrf = scores.loss, scores.bleu, scores.chrf
+            if self.board is not None:
+                examples = self.dev.examples(scores.translations, EXAMPLES)
+                self.board.validation(state.step, scores.loss, scores.bleu, scores.chrf, examples)
             score = {"bleu": scores.bleu, "chrf": scores.chrf, "loss": -scores.loss}[self.cfg.stop_on]
         # Rank 0 scores; every rank keeps the same schedule and early-stopping state.
         score = all_sum([score if self.dist.is_main else 0.0], self.dist, self.device)[0]
@@ -400,12 +427,15 @@ def check_limits(cfg: TrainConfig) -> bool:
 def train(
     recipe: Recipe, data_dir: str | Path, run_dir: str | Path, force: bool = False,
     console: Console | None = None, data_keys: Iterable[str] = (),
+    start: StartingWeights | None = None, tensorboard: Path | None = None,
 ) -> list[Validation]:
     """Train a new model on ``data_dir`` into ``run_dir``. An existing ``run_dir`` (``force``) is
     replaced only when the new run ends; until then it trains beside it (see rundir.new_run_dir).
     ``data_keys`` are the data settings the recipe gave: a data directory made with other values
-    gets a warning."""
+    gets a warning. ``start``: initial weights (fine-tuning); ``tensorboard``: a log directory."""
     default_limit = check_limits(recipe.train)
+    if tensorboard is not None:
+        require_tensorboard()
     console = console or Console(stderr=True)
     dist = init_distributed(resolve_device(recipe.train.device).type)
     try:
@@ -418,8 +448,11 @@ def train(
         # Rank 0 decides where the run trains; the others follow.
         where = Path(gather_objects(str(new_run_dir(run_dir, force) if dist.is_main else ""), dist)[0])
         if dist.is_main:
-            save_run_config(where, recipe, data, dist.world)
-        trainer = Trainer(recipe, data, where, console, dist)
+            save_run_config(where, recipe, data, dist.world, start.parent if start else None)
+        trainer = Trainer(recipe, data, where, console, dist, tensorboard=tensorboard)
+        if start is not None:
+            trainer.model.load_state_dict(start.model)
+            trainer.reporter.log(f"starting from {start.description}, with a fresh optimiser and schedule")
         if default_limit:
             trainer.reporter.log(f"no limit given: training for {DEFAULT_EPOCHS} epochs (--max-epochs, --max-steps or --max-time set one)")
         history = trainer.run()
@@ -430,8 +463,12 @@ def train(
         shutdown(dist)
 
 
-def resume(run_dir: str | Path, limits: dict[str, Any], console: Console | None = None) -> list[Validation]:
+def resume(
+    run_dir: str | Path, limits: dict[str, Any], console: Console | None = None, tensorboard: Path | None = None
+) -> list[Validation]:
     """Continue a run from its ``last.pt`` with its saved configuration, ``limits`` raised."""
+    if tensorboard is not None:
+        require_tensorboard()
     run = RunDir(run_dir)
     recipe = run.recipe
     for key, value in limits.items():
@@ -442,7 +479,7 @@ def resume(run_dir: str | Path, limits: dict[str, Any], console: Console | None 
     try:
         run.check_processes(dist.world)
         checkpoint = load_checkpoint(run.path / "last.pt")
-        trainer = Trainer(recipe, run.data_dir(), run.path, console or Console(stderr=True), dist, checkpoint)
+        trainer = Trainer(recipe, run.data_dir(), run.path, console or Console(stderr=True), dist, checkpoint, tensorboard)
         if trainer.limit_reached():
             trainer.reporter.close()
             raise MtkitError(

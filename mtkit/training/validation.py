@@ -20,6 +20,7 @@ class DevScores:
     loss: float
     bleu: float
     chrf: float
+    translations: list[str]  # one per dev source
 
 
 class DevSet:
@@ -27,7 +28,8 @@ class DevSet:
 
     def __init__(self, data: DataDir, search: SearchOptions, truncate: int | None = None) -> None:
         self.split = data.encoded("dev")
-        self.references = data.eval_set("dev").references
+        self.texts = data.eval_set("dev")
+        self.references = self.texts.references
         self.tgt = data.processor("tgt")
         self.search, self.truncate = search, truncate
         self.sources = self.split.first_of_each_group()  # translate each dev source once
@@ -50,4 +52,8 @@ class DevSet:
             hyps = decode(model, self.sources, self.search, device=device)
         outputs = [self.tgt.decode(nbest[0].tokens) for nbest in hyps]
         bleu, chrf = corpus_bleu_chrf(outputs, self.references)
-        return DevScores(self.loss(model, device, precision), bleu, chrf)
+        return DevScores(self.loss(model, device, precision), bleu, chrf, outputs)
+
+    def examples(self, translations: list[str], count: int) -> list[tuple[str, str, str]]:
+        """The first ``count`` dev sources with their first reference and ``translations``."""
+        return list(zip(self.texts.sources, (refs[0] for refs in self.references), translations))[:count]

@@ -145,7 +145,7 @@ def preprocess(
     report = run_preprocess(config.data, out, corpora or [None], dev, test, force, options, tokenizers)
     print_report(report, stdout)
     if tokenizers is not None:
-        stdout.print(f"tokenisers and vocabularies: {tokenizers.origin}", markup=False)
+        stdout.print(f"tokenisers and vocabularies: those of {tokenizers_from}", markup=False)
 
 
 def _given(values: dict[str, Any], flags: set[str], ctx: typer.Context, section: str) -> set[str]:

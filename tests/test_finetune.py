@@ -138,3 +138,17 @@ def test_fine_tuning_usage_errors(tiny_run, copy_data, tmp_path):
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_sentencepiece_run_fine_tunes_on_data_encoded_with_its_models(reverse_task, copy_corpus, tmp_path):
+    data, run, new = tmp_path / "data", tmp_path / "run", tmp_path / "new"
+    run_cli("preprocess", "--train", reverse_task["train"], "--dev", reverse_task["dev"], "--tokenizer",
+            "sentencepiece", "--vocab-size", "300", "--max-examples", "3000", "--out", data)
+    run_cli("train", "--data", data, "--out", run, "--embed", "16", "--hidden", "16", "--max-steps", "1")
+    run_cli("preprocess", copy_corpus, "--tokenizers-from", run, "--dev-size", "50", "--test-size", "50", "--out", new)
+    for name in ("spm.en.model", "spm.fr.model", "vocab.en.txt", "vocab.fr.txt"):
+        assert (new / name).read_bytes() == (run / name).read_bytes()
+    manifest = json.loads((new / "manifest.json").read_text())
+    assert manifest["options"]["vocab_size"] == 300 and manifest["tokenizer_sentences"] is None
+    fine_tune(run, new, tmp_path / "ft")
+    assert (tmp_path / "ft" / "best.pt").is_file()

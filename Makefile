@@ -90,7 +90,7 @@ PEERS_VENV ?= $(WORK)/peers-venv
 BUDGET ?=
 QUICK ?=
 
-.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve bench-peers bench-scale gpu-check bench-domain
+.PHONY: bench-recipes bench-train bench-decode bench-stream bench-serve bench-peers bench-scale gpu-check bench-domain bench-ensemble
 
 bench-recipes: install  # about 70 minutes: each recipe trains for its 10-minute budget (REUSE=1 scores finished runs)
 	$(BIN)/python benchmarks/recipes.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/recipes $(BENCH_RECIPES) $(if $(REUSE),--reuse)
@@ -135,3 +135,10 @@ bench-scale: install  # corpora of 1M, 4M, 16M pairs (SIZES=20k,50k STEPS=20: a 
 # (about 15 minutes; QUICK=1 checks the pipeline in about 2, its figures meaning nothing).
 bench-domain: install
 	$(BIN)/python benchmarks/domain_adapt.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/domain $(if $(filter 1 yes true,$(QUICK)),--quick)
+
+# Two runs of $(RECIPE) with seeds 1 and 2, ENSEMBLE_BUDGET each (about 25 minutes in all),
+# scored alone and as an ensemble; QUICK=1 checks the script (1-minute runs on a slice).
+ENSEMBLE_BUDGET ?= 10m
+bench-ensemble: install
+	$(BIN)/python benchmarks/ensemble.py $(if $(DATA),--data $(DATA)) --recipe $(RECIPE) --budget $(ENSEMBLE_BUDGET) \
+	  --work $(BENCH)/ensemble$(if $(filter 1 yes true,$(QUICK)),-quick --quick)

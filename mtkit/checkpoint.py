@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,16 @@ from mtkit.fileio import atomic_write
 
 def tensor_checksum(obj: Any) -> str:
     """SHA-256 over all tensors in a nested structure, visited in a fixed order."""
+    return _checksum(obj, plain=False)
+
+
+def content_checksum(obj: Any) -> str:
+    """SHA-256 over all tensors and plain values (strings, bytes, numbers) of a nested structure:
+    for a file whose configuration matters as much as its weights (``mtkit export``)."""
+    return _checksum(obj, plain=True)
+
+
+def _checksum(obj: Any, plain: bool) -> str:
     digest = hashlib.sha256()
 
     def visit(value: Any, path: str) -> None:
@@ -34,6 +44,10 @@ def tensor_checksum(obj: Any) -> str:
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
                 visit(item, f"{path}/{i}")
+        elif plain:
+            data = value if isinstance(value, bytes) else repr(value).encode()
+            digest.update(f"{path}:{type(value).__name__}:{len(data)};".encode())
+            digest.update(data)
 
     visit(obj, "")
     return digest.hexdigest()
@@ -49,26 +63,38 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and verify its checksum."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused: the checkpoint holds objects other than tensors and plain data "
-            f"({first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        detail = str(exc).strip().split(". ")[0][:120] or type(exc).__name__  # torch's first sentence
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({detail})") from None
+    payload = safe_load(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path}: not an mtkit checkpoint")
     stored = payload.get("meta", {}).pop("checksum", None)
     if stored is None or stored != tensor_checksum(payload):
         raise CheckpointError(f"{path}: corrupted checkpoint (checksum mismatch)")
     return payload
+
+
+def safe_load(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data only, so a file from a
+    stranger cannot run code. A refused, truncated or corrupted file raises one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            found = _UNSAFE.search(str(exc))
+            detail = f": {found.group(1)}" if found else ""
+            raise CheckpointError(f"{path}: refused: the {what} holds objects other than tensors and plain data{detail}") from None
+        raise CheckpointError(f"{path}: truncated or corrupted {what} ({_first_sentence(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged archive or pickle raises
+        raise CheckpointError(f"{path}: truncated or corrupted {what} ({_first_sentence(exc)})") from None
+
+
+_UNSAFE = re.compile(r"(unsupported GLOBAL [\w.]+|Unsupported global: GLOBAL [\w.]+)", re.IGNORECASE)
+
+
+def _first_sentence(exc: Exception) -> str:
+    return str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
 
 
 def numbered_checkpoints(run_dir: Path) -> list[Path]:

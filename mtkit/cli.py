@@ -307,7 +307,7 @@ def _train_recipe(values: dict[str, Any], ctx: typer.Context) -> tuple[Recipe, s
 
 @app.command()
 def translate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory from `mtkit train`.")] = ...,  # type: ignore[assignment]
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Run directory from `mtkit train`, or a model file from `mtkit export`; repeat for an ensemble (one target vocabulary; the first model's length limit).")] = ...,  # type: ignore[assignment]
     input: Annotated[str, typer.Argument(help="Text file, one sentence per line; - or omitted: stdin (a prompt on a terminal).")] = "-",
     output: Annotated[str, typer.Option("--output", "-o", help="Output file; - for stdout.")] = "-",
     checkpoint: Annotated[Optional[str], typer.Option(help="best (default), last, or a checkpoint file.")] = None,
@@ -332,6 +332,10 @@ def translate(
     quantize: Annotated[str, typer.Option(help="none, or int8: the decoder's matrix products in 8-bit integers (CPU; faster, scores differ slightly).")] = "none",
     shortlist: Annotated[int, typer.Option(help="Score only the K most frequent target tokens and each source token's K most associated ones (learnt from the training data); 0: the whole vocabulary.")] = 0,
     shortlist_data: Annotated[Optional[Path], typer.Option(help="Data directory to learn --shortlist from (default: the one the model was trained on).")] = None,
+    sample: Annotated[Optional[str], typer.Option(help="Draw each output instead of searching for the best: full (the whole distribution), topk:K (the K most probable tokens) or nucleus:P (the most probable tokens holding P of the probability). Scores are the model's log-probabilities.")] = None,
+    temperature: Annotated[float, typer.Option(help="With --sample: divide the log-probabilities by T (above 1 flatter, below 1 sharper).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="With --sample: the random seed. A line's sample depends only on the seed, the line and its number, never on the batch.")] = 1,
+    prefix: Annotated[Optional[Path], typer.Option(help="Target text, one line per input line: each output starts with its line (an empty line: no prefix), the rest searched as usual.")] = None,
 ) -> None:
     """Translate raw text; exactly one output line per input line, in input order."""
     from mtkit.decoding import SearchOptions
@@ -339,20 +343,23 @@ def translate(
     from mtkit.translate import Translator, interactive
 
     _check_translate_options(output_format, encoding_errors, batch_size, buffer, max_input_len)
+    if len(model) > 1 and (show_attention or attention_png):
+        raise UsageError("--show-attention and --attention-png draw one model's attention: give one --model")
+    options = SearchOptions(search, beam, alpha, length_penalty, nbest, no_unk=no_unk, sample=sample, temperature=temperature, seed=seed)
     translator = Translator(model, checkpoint, device, max_input_len, precision, quantize, shortlist, shortlist_data)
-    limit = translator.run.recipe.model.length_limit(max_len_a, max_len_b)
-    options = SearchOptions(search, beam, alpha, length_penalty, nbest, *limit, no_unk)
-    if input == "-" and output == "-" and output_format == "text" and sys.stdin.isatty():
+    options.max_len_a, options.max_len_b = translator.run.recipe.model.length_limit(max_len_a, max_len_b)
+    if input == "-" and output == "-" and output_format == "text" and prefix is None and sys.stdin.isatty():
         interactive(translator, options, stderr, tokenized)
         return
     read = ReadStats()
     lines = read_lines(input, encoding_errors, read)
+    prefixes = read_lines(prefix, encoding_errors, read) if prefix is not None else None
     if show_attention or attention_png:
         outputs = _with_attention(
-            translator, lines, options, batch_size, buffer, tokenized, output_format, show_attention, attention_png
+            translator, lines, options, batch_size, buffer, tokenized, output_format, show_attention, attention_png, prefixes
         )
     else:
-        outputs = translator.stream(lines, options, batch_size, buffer, tokenized, output_format)
+        outputs = translator.stream(lines, options, batch_size, buffer, tokenized, output_format, prefixes)
     _write_lines(outputs, output)
     _warn_repairs(read, translator.stats, max_input_len)
 
@@ -383,14 +390,14 @@ def _warn_repairs(read, done, max_input_len: int) -> None:
 
 def _with_attention(
     translator, lines, options, batch_size: Optional[int], buffer: int, tokenized: bool, output_format: str,
-    show: bool, png_prefix: Optional[Path],
+    show: bool, png_prefix: Optional[Path], prefixes=None,
 ):
     """Translate ``lines`` (output lines as ``Translator.stream``), showing or saving the attention
     behind each best translation."""
     from mtkit.plotting import render_attention, save_attention_png
     from mtkit.translate import format_hypotheses
 
-    translations = translator.translations(lines, options, batch_size, buffer, tokenized)
+    translations = translator.translations(lines, options, batch_size, buffer, tokenized, prefixes)
     for number, (line, hyps) in enumerate(translations, start=1):
         yield from format_hypotheses(number - 1, line, hyps, options.nbest, output_format)
         if not hyps:
@@ -419,7 +426,7 @@ def _write_lines(lines, output: str) -> None:
 def evaluate(
     hyp: Annotated[Optional[Path], typer.Option(help="Detokenised hypotheses, one per line.")] = None,
     ref: Annotated[Optional[list[Path]], typer.Option(help="Reference file; repeat for more references (empty lines in the 2nd and later files mean: no reference), or a .jsonl file of reference lists.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory: translate --split of --data, then score.")] = None,
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Run directory or model file: translate --split of --data, then score; repeat for an ensemble.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data directory for --model.")] = None,
     split: Annotated[str, typer.Option(help="dev or test (with --model).")] = "test",
     checkpoint: Annotated[Optional[str], typer.Option(help="With --model: best (default), last or a file.")] = None,
@@ -442,7 +449,7 @@ def evaluate(
     from mtkit.evaluation import book_bleu as book_score, corpus_scores, read_lines, read_references
     from mtkit.translate import translate_split
 
-    if model is not None:
+    if model:
         if hyp is not None or ref:
             raise UsageError("give either --model with --data, or --hyp with --ref")
         if data is None:
@@ -475,7 +482,7 @@ def evaluate(
 
 @app.command()
 def serve(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Run directory to serve, as RUN_DIR or NAME=RUN_DIR; repeat for more models (the first is the default).")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Run directory or model file (`mtkit export`) to serve, as PATH or NAME=PATH; repeat for more models (the first is the default).")],
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, named when ready).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="MTKIT_API_KEY", show_envvar=True, help="Required on every request but /health (Authorization: Bearer KEY or X-API-Key: KEY).")] = None,
@@ -533,6 +540,43 @@ def average(
     save_checkpoint(target, {"model": average_checkpoints(chosen), "meta": {"mtkit_version": __version__, "averaged": [p.name for p in chosen]}})
     run.load_model(str(target))  # proves the result loads into the run's model
     stdout.print(f"averaged {', '.join(p.name for p in chosen)} → {target}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory from `mtkit train`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write, e.g. model.mtkit.")] = ...,  # type: ignore[assignment]
+    checkpoint: Annotated[Optional[str], typer.Option(help="best (default), last, a checkpoint name (averaged, step-N) or a file.")] = None,
+    average: Annotated[int, typer.Option(help="Export the average of the last N numbered checkpoints instead (as `mtkit average`).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a trained model into one file: configuration, tokenisers, weights and the training
+    run's summary. Use it wherever a run directory goes: mtkit translate --model model.mtkit"""
+    from mtkit.export import export_run
+
+    exported = export_run(run_dir, output, checkpoint, average, force)
+    weights = exported.summary()["weights"]
+    chosen = f"the average of {', '.join(weights['averaged'])}" if "averaged" in weights else weights["checkpoint"]
+    stdout.print(f"exported {run_dir} ({chosen}) → {output} ({output.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="Run directory or model file.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What a model is: languages, architecture, parameters, training data, best dev scores,
+    precision and mtkit version."""
+    from mtkit.export import describe, render
+
+    described = describe(model)
+    if json_output:
+        stdout.print_json(json.dumps(described))
+        return
+    rows = render(described)
+    width = max(len(label) for label, _ in rows)
+    for label, text in rows:
+        stdout.print(f"{label:<{width}}  {text}", markup=False)
 
 
 @app.command()

@@ -11,6 +11,7 @@ swapped in when it ends; stopped before that, it leaves RUN_DIR as it was.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -22,10 +23,11 @@ from mtkit import __version__
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import Recipe, TrainConfig
 from mtkit.data.dataset import DataDir
-from mtkit.data.tokenizers import TextProcessor, load_tokenizer
-from mtkit.errors import CheckpointError, MtkitError, UsageError
+from mtkit.data.tokenizers import Tokenizer, load_tokenizer
+from mtkit.errors import MtkitError, UsageError
 from mtkit.fileio import check_output_dir, read_json, replace_dir, write_json
-from mtkit.models.seq2seq import Seq2Seq, build_model
+from mtkit.modelfile import ModelFile, SavedModel
+from mtkit.plotting import read_metrics
 
 REPLACES = "REPLACES"  # in a staged run directory: the name of the directory it replaces
 
@@ -94,24 +96,15 @@ def save_run_config(
     )
 
 
-class RunDir:
+class RunDir(SavedModel):
     """A trained model's directory: its configuration, tokenisers and checkpoints."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise MtkitError(f"{self.path}: not a run directory (no config.json); train one with `mtkit train`")
-        raw = read_json(self.path / "config.json")
-        try:
-            self.recipe = Recipe.from_dict(
-                {k: raw[k] for k in ("data", "model", "train")}, str(self.path / "config.json")
-            )
-            self.src_lang, self.tgt_lang = raw["src_lang"], raw["tgt_lang"]
-            self.tokenizers: dict[str, dict[str, Any]] = raw["tokenizers"]
-        except KeyError as exc:
-            raise UsageError(f"{self.path / 'config.json'}: missing entry {exc}") from None
-        self.raw = raw
-        self.processes = int(raw.get("processes", 1))
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise MtkitError(f"{path}: not a run directory (no config.json); train one with `mtkit train`")
+        super().__init__(path, read_json(path / "config.json"), str(path / "config.json"))
+        self.processes = int(self.raw.get("processes", 1))
 
     def check_processes(self, processes: int) -> None:
         """A run resumes in as many processes as it trained in: the batches, the position in the
@@ -135,10 +128,9 @@ class RunDir:
         """Record changed training settings (the raised limits of a resumed run)."""
         write_json(self.path / "config.json", {**self.raw, "train": asdict(train)})
 
-    def processor(self, side: str) -> TextProcessor:
+    def _read_tokenizer(self, side: str) -> Tokenizer:
         info = self.tokenizers[side]
-        lang = self.src_lang if side == "src" else self.tgt_lang
-        return TextProcessor(lang, self.recipe.data.normalize, load_tokenizer(info["kind"], self.path / info["file"]))
+        return load_tokenizer(info["kind"], self.path / info["file"])
 
     def checkpoint_path(self, name: str | None = None) -> Path:
         """``best`` (default), ``last``, another checkpoint of the run by name (``averaged``,
@@ -148,22 +140,38 @@ class RunDir:
         in_run = self.path / f"{name}.pt"
         return in_run if in_run.exists() or name in ("best", "last") else Path(name)
 
-    def load_model(
-        self, checkpoint: str | None = None, device: str | torch.device = "cpu"
-    ) -> tuple[Seq2Seq, dict[str, Any]]:
-        """Rebuild the model from config.json and load the checkpoint's weights into it."""
-        src_size = len(self.processor("src").tokenizer.vocab)
-        tgt_size = len(self.processor("tgt").tokenizer.vocab)
-        model = build_model(self.recipe.model, src_size, tgt_size)
+    def weights(self, checkpoint: str | None, device: str | torch.device) -> tuple[dict[str, Any], str]:
         path = self.checkpoint_path(checkpoint)
-        payload = load_checkpoint(path, map_location=device)
-        try:
-            model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
-            detail = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
-            raise CheckpointError(
-                f"{path}: does not match the model described in config.json "
-                f"(vocabulary {src_size}/{tgt_size}): {detail[:200]}"
-            ) from None
-        model.to(device).eval()
-        return model, payload
+        return load_checkpoint(path, map_location=device), str(path)
+
+    def summary(self) -> dict[str, Any]:
+        validations = [m for m in self.metrics() if isinstance(m.get("dev_loss"), (int, float))]
+        best: dict[str, Any] = {}
+        for metric, pick in (("bleu", max), ("chrf", max), ("loss", min)):
+            scores = [m[f"dev_{metric}"] for m in validations if isinstance(m.get(f"dev_{metric}"), (int, float))]
+            scores = [score for score in scores if not math.isnan(score)]
+            best[metric] = pick(scores) if scores else None
+        last = validations[-1] if validations else {}
+        return {
+            "trained_with": self.raw.get("mtkit_version"),
+            "data": self._data_manifest(),
+            "best_dev": best,
+            "training": {key: last.get(key) for key in ("step", "epoch", "elapsed", "target_tokens")},
+        }
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The run's validations (metrics.jsonl), oldest first; none for a run not validated yet."""
+        return read_metrics(self.path) if (self.path / "metrics.jsonl").is_file() else []
+
+    def _data_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the data directory the run trained on, if it is still there."""
+        path = Path(self.raw.get("data_dir", "")) / "manifest.json"
+        return read_json(path) if self.raw.get("data_dir") and path.is_file() else None
+
+
+def open_model(path: str | Path) -> SavedModel:
+    """The trained model at ``path``: a run directory, or a file written by ``mtkit export``."""
+    path = Path(path)
+    if not path.exists():
+        raise MtkitError(f"{path}: no such run directory or model file")
+    return RunDir(path) if path.is_dir() else ModelFile(path)

@@ -49,6 +49,16 @@ def run_cli(*args: str, input: str | None = None, check: bool = True, cwd: Path 
     return result
 
 
+def cli_error(*args: str, status: int = 1, input: str | None = None) -> str:
+    """Run a command that must fail as mtkit fails on bad input: exit ``status``, one line on
+    stderr (``mtkit: error: ...``), no traceback. Return the message."""
+    result = run_cli(*args, input=input, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status and len(lines) == 1, (result.returncode, result.stderr)
+    assert lines[0].startswith("mtkit: error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0].removeprefix("mtkit: error: ")
+
+
 @pytest.fixture(scope="session")
 def fra_eng_zip() -> Path:
     if not SHARED_ZIP.is_file():

@@ -147,15 +147,6 @@ class SentencePieceTokenizer:
             ) from None
         return cls(model.getvalue())
 
-    @classmethod
-    def load(cls, path: str | Path) -> SentencePieceTokenizer:
-        try:
-            return cls(Path(path).read_bytes())
-        except FileNotFoundError:
-            raise DataError("SentencePiece model not found", path) from None
-        except RuntimeError as exc:
-            raise DataError(f"not a SentencePiece model ({exc})", path) from None
-
     def save(self, path: str | Path) -> None:
         from mtkit.fileio import atomic_write
 
@@ -210,8 +201,21 @@ class TokenizerPair:
 
 
 def load_tokenizer(kind: str, path: str | Path) -> WordTokenizer | SentencePieceTokenizer:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{'vocabulary file' if kind == 'word' else 'SentencePiece model'} not found", path) from None
+    return tokenizer_from_bytes(kind, data, path)
+
+
+def tokenizer_from_bytes(kind: str, data: bytes, origin: object) -> WordTokenizer | SentencePieceTokenizer:
+    """A tokeniser from the bytes of its file (a vocabulary or a SentencePiece model); errors
+    name ``origin``."""
     if kind == "word":
-        return WordTokenizer(Vocab.load(path))
+        return WordTokenizer(Vocab.from_bytes(data, origin))
     if kind == "sentencepiece":
-        return SentencePieceTokenizer.load(path)
+        try:
+            return SentencePieceTokenizer(data)
+        except RuntimeError as exc:
+            raise DataError(f"not a SentencePiece model ({exc})", origin) from None
     raise DataError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZERS)}")

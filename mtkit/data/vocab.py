@@ -56,14 +56,20 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
         try:
-            tokens = Path(path).read_text(encoding="utf-8").split("\n")
+            return cls.from_bytes(Path(path).read_bytes(), path)
         except FileNotFoundError:
             raise DataError("vocabulary file not found", path) from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: object) -> Vocab:
+        """A vocabulary from the bytes of its file (one token a line); errors name ``origin``."""
+        try:
+            tokens = data.decode("utf-8").split("\n")
         except UnicodeDecodeError:
-            raise DataError("vocabulary is not UTF-8 text", path) from None
+            raise DataError("vocabulary is not UTF-8 text", origin) from None
         if tokens and tokens[-1] == "":
             tokens.pop()
         try:
             return cls(tokens)
         except ValueError as exc:
-            raise DataError(str(exc), path) from None
+            raise DataError(str(exc), origin) from None

@@ -15,6 +15,7 @@ from torch import Tensor
 from mtkit.data.vocab import BOS, EOS, unspeakable
 from mtkit.decoding.greedy import check_every
 from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.decoding.prefix import Prefixes, forced_step_top
 from mtkit.models.rnn import map_state
 from mtkit.models.seq2seq import Seq2Seq
 
@@ -41,8 +42,10 @@ def beam_search(
     penalty: str = "book",
     nbest: int = 1,
     no_unk: bool = False,
+    prefixes: Prefixes | None = None,
 ) -> list[list[Hypothesis]]:
-    """The ``nbest`` best hypotheses of every sentence, best first."""
+    """The ``nbest`` best hypotheses of every sentence, best first (each starting with its
+    sentence's prefix, with ``prefixes``)."""
     device = src.device
     batch, k = src.size(0), beam_size
     memory, state = model.encode(src, src_lengths)
@@ -74,7 +77,8 @@ def beam_search(
     step = 0
     while len(sentence):
         step += 1
-        row_scores, row_tokens, eos, state = model.step_top(prev, memory, state, width, banned)
+        forced = prefixes.forced(step, sentence, beams=k) if prefixes is not None else None
+        row_scores, row_tokens, eos, state = forced_step_top(model, prev, memory, state, width, banned, forced)
         # At a sentence's length limit only <eos> remains possible.
         at_limit = limits <= step
         if at_limit.any():

@@ -7,6 +7,8 @@ from torch import Tensor
 
 from mtkit.data.vocab import BOS, EOS, PAD, unspeakable
 from mtkit.decoding.hypothesis import Hypothesis
+from mtkit.decoding.prefix import Prefixes, forced_step_top
+from mtkit.decoding.sampling import Sampler
 from mtkit.models.rnn import map_state
 from mtkit.models.seq2seq import Seq2Seq
 
@@ -19,12 +21,14 @@ def check_every(device: torch.device) -> int:
 
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor, no_unk: bool = False
+    model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor, no_unk: bool = False,
+    sampler: Sampler | None = None, prefixes: Prefixes | None = None,
 ) -> list[Hypothesis]:
     """Decode until ``<eos>``, which is forced at each sentence's own length limit (counting
     ``<eos>``). Finished sentences stop contributing at once and leave the batch once they are
     an eighth of it, so later steps compute little more than what is needed, and the batch is
-    not copied at every step."""
+    not copied at every step. With a ``sampler`` each token is drawn instead of the most
+    probable one; with ``prefixes`` each output starts with its sentence's prefix."""
     device = src.device
     memory, state = model.encode(src, src_lengths)
     batch = src.size(0)
@@ -38,8 +42,12 @@ def greedy_search(
     banned = unspeakable(no_unk)
     every = check_every(device)
     for step in range(steps):
-        best, prev, eos, state = model.step_top(prev, memory, state, 1, banned)
-        best, prev = best[:, 0], prev[:, 0]
+        forced = prefixes.forced(step + 1, rows) if prefixes is not None else None
+        if sampler is not None:
+            best, prev, eos, state = sampler.step(model, prev, memory, state, banned, rows, step, forced)
+        else:
+            best, prev, eos, state = forced_step_top(model, prev, memory, state, 1, banned, forced)
+            best, prev = best[:, 0], prev[:, 0]
         at_limit = limits <= step + 1
         prev = torch.where(at_limit, EOS, prev)
         best = torch.where(at_limit, eos, best)

@@ -106,12 +106,13 @@ def sequence_loss(
 
 
 def top_tokens(
-    features: Tensor, generator: nn.Module, k: int, banned: list[int], extra: int,
+    features: Tensor, generator: nn.Module, k: int, banned: list[int], extra: int | Tensor,
     vocab: VocabSubset | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` most probable tokens of each row, none of them ``banned``, with their fp32
     log-probabilities, and the log-probability of token ``extra`` (the ``<eos>`` a search may
-    have to force). Probabilities are normalised over the whole vocabulary, banned tokens
+    have to force), or of each row's own token where ``extra`` is a (rows,) tensor (a prefix
+    forced on the output; not with a shortlist). Probabilities are normalised over the whole vocabulary, banned tokens
     included, as the model's softmax is, or over each row's shortlist (``vocab``). One matrix
     product for all rows; the rest runs on cache-sized chunks of rows: a log-softmax (PyTorch's
     fused kernel, one pass that reads and one that writes) and a blocked top-k."""
@@ -132,7 +133,10 @@ def top_tokens(
         if blocked is not None:  # the generator's output is ours to change
             part.masked_fill_(blocked[start : start + rows], float("-inf"))
         log_probs = torch.log_softmax(part, dim=-1, dtype=torch.float32)
-        extras.append(log_probs[:, extra].clone())
+        if isinstance(extra, Tensor):
+            extras.append(log_probs.gather(1, extra[start : start + rows, None]).squeeze(1))
+        else:
+            extras.append(log_probs[:, extra].clone())
         top, index = row_topk(log_probs.index_fill_(1, banned_index, float("-inf")), k)
         values.append(top)
         tokens.append(index)

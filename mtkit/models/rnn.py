@@ -20,8 +20,9 @@ State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
 def map_state(state: State, fn) -> State:
-    """Apply ``fn`` to the hidden state, or to both h and c of an LSTM state."""
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+    """Apply ``fn`` to the hidden state, to both h and c of an LSTM state, or to every tensor of
+    a tuple of states (an ensemble's)."""
+    return tuple(map_state(s, fn) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 def top_layer(state: State) -> Tensor:

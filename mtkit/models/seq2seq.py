@@ -115,14 +115,15 @@ class Seq2Seq(nn.Module):
         return torch.log_softmax(self.generator(features).float(), dim=-1), state, weights
 
     def step_top(
-        self, tokens: Tensor, memory: Memory, state: State, k: int, banned: list[int]
+        self, tokens: Tensor, memory: Memory, state: State, k: int, banned: list[int], extra: int | Tensor = EOS
     ) -> tuple[Tensor, Tensor, Tensor, State]:
         """What a search needs of the next token, without a log-softmax over the vocabulary:
         the ``k`` best tokens (B, k) that are not ``banned``, their log-probabilities, the
-        log-probability of ``<eos>`` (B,) and the new state."""
+        log-probability of ``<eos>`` (B,), or of each row's ``extra`` token (a forced prefix),
+        and the new state."""
         features, state, _ = self.decoder.step(tokens, memory, state)
-        log_probs, best, eos = top_tokens(features, self.generator, k, banned, EOS, memory.vocab)
-        return log_probs, best, eos, state
+        log_probs, best, extra_log_prob = top_tokens(features, self.generator, k, banned, extra, memory.vocab)
+        return log_probs, best, extra_log_prob, state
 
 
 def initialize(model: nn.Module, skip: nn.Module | None = None) -> None:

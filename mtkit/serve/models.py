@@ -4,25 +4,25 @@ translate`` loads them, and the decode function the batching queue calls."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtkit.decoding import SearchOptions
-from mtkit.errors import MtkitError, UsageError
-from mtkit.plotting import read_metrics
-from mtkit.rundir import RunDir
+from mtkit.errors import UsageError
+from mtkit.modelfile import SUFFIX
+from mtkit.rundir import open_model
 from mtkit.translate import Translator
 
 
 def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:
-    """``RUN_DIR`` (named after its directory) or ``NAME=RUN_DIR``; names must be unique."""
+    """``PATH`` (a run directory or model file, named after it) or ``NAME=PATH``; names must be
+    unique."""
     named: list[tuple[str, Path]] = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or "/" in name or not name:
-            name, path = Path(spec).resolve().name, spec
+            name, path = Path(spec).resolve().name.removesuffix(SUFFIX), spec
         if any(name == other for other, _ in named):
             raise UsageError(f"two models are named {name!r}: name them with --model NAME=RUN_DIR")
         named.append((name, Path(path)))
@@ -50,8 +50,8 @@ class ServedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        """Fail early, before the server starts, if the path is not a run directory."""
-        RunDir(self.path)
+        """Fail early, before the server starts, if the path is not a model."""
+        open_model(self.path)
 
     def load(self, options: LoadOptions) -> None:
         self.translator = Translator(
@@ -75,21 +75,11 @@ def describe(name: str, translator: Translator) -> dict[str, Any]:
         "tokenizer": run.tokenizers["src"]["kind"],
         "normalize": run.recipe.data.normalize,
         "parameters": sum(p.numel() for p in translator.model.parameters()),
-        "best_dev_bleu": best_dev_bleu(run.path),
+        "best_dev_bleu": round(bleu, 2) if (bleu := run.summary()["best_dev"]["bleu"]) is not None else None,
         "device": str(translator.device),
         "precision": translator.precision,
         "max_input_len": translator.max_input_len,
     }
-
-
-def best_dev_bleu(run_dir: Path) -> float | None:
-    """The best dev BLEU in the run's metrics.jsonl (None when it has none)."""
-    try:
-        scores = [m.get("dev_bleu") for m in read_metrics(run_dir)]
-    except (MtkitError, ValueError):
-        return None
-    scores = [s for s in scores if isinstance(s, (int, float)) and not math.isnan(s)]
-    return round(max(scores), 2) if scores else None
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs=2, default=[1, 2])
     parser.add_argument("--work", type=Path, default=Path("work/bench/ensemble"))
     parser.add_argument("--quick", action="store_true",
-                        help="a check of the script: 1-minute runs on 20,000 pairs (200 dev and 500 test sources)")
+                        help="a check of the script: 1-minute runs on the first 20,000 pairs")
     parser.add_argument("--reuse", action="store_true", help="score runs already in --work instead of retraining them")
     args = parser.parse_args()
     budget = "1m" if args.quick else args.budget
-    slice_flags = ["--max-examples", "20000", "--dev-size", "200", "--test-size", "500"] if args.quick else []
+    slice_flags = ["--max-examples", "20000"] if args.quick else []
     data = args.work / "data"
     if not (args.reuse and (data / "manifest.json").exists()):
         mtkit("preprocess", *([args.data] if args.data else []), "--recipe", args.recipe, *slice_flags, "--out", data, "--force")

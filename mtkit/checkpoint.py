@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mtkit.errors import CheckpointError
+from mtkit.errors import CheckpointError, UsageError
 from mtkit.fileio import atomic_write
 
 
@@ -101,6 +101,17 @@ def numbered_checkpoints(run_dir: Path) -> list[Path]:
     """``step-N.pt`` files of a run, oldest first."""
     numbered = [p for p in run_dir.glob("step-*.pt") if p.stem[5:].isdigit()]
     return sorted(numbered, key=lambda p: int(p.stem[5:]))
+
+
+def last_checkpoints(run_dir: Path, count: int, option: str) -> list[Path]:
+    """The run's ``count`` most recent ``step-N.pt`` files; a usage error naming ``option`` (the
+    flag that asked for them) if it has fewer."""
+    if count < 1:
+        raise UsageError(f"{option} must be at least 1 (got {count})")
+    chosen = numbered_checkpoints(run_dir)[-count:]
+    if len(chosen) < count:
+        raise UsageError(f"{run_dir} has {len(chosen)} numbered checkpoints (step-N.pt), fewer than {option} {count}")
+    return chosen
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

@@ -528,14 +528,10 @@ def average(
     Translate with it: mtkit translate --model RUN_DIR --checkpoint averaged
     """
     from mtkit.rundir import RunDir
-    from mtkit.checkpoint import average_checkpoints, numbered_checkpoints, save_checkpoint
+    from mtkit.checkpoint import average_checkpoints, last_checkpoints, save_checkpoint
 
-    if last < 1:
-        raise UsageError(f"--last must be at least 1 (got {last})")
     run = RunDir(run_dir)
-    chosen = numbered_checkpoints(run.path)[-last:]
-    if len(chosen) < last:
-        raise UsageError(f"{run.path} has {len(chosen)} numbered checkpoints (step-N.pt), fewer than --last {last}")
+    chosen = last_checkpoints(run.path, last, "--last")
     target = output or run.path / "averaged.pt"
     save_checkpoint(target, {"model": average_checkpoints(chosen), "meta": {"mtkit_version": __version__, "averaged": [p.name for p in chosen]}})
     run.load_model(str(target))  # proves the result loads into the run's model

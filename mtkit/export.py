@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from mtkit import __version__
-from mtkit.checkpoint import average_checkpoints, numbered_checkpoints
+from mtkit.checkpoint import average_checkpoints, last_checkpoints
 from mtkit.config import ModelConfig
 from mtkit.errors import MtkitError, UsageError
 from mtkit.modelfile import SUFFIX, ModelFile, SavedModel, write_model_file
@@ -38,29 +38,27 @@ def export_run(
         raise MtkitError(f"{output} already exists; choose another name or pass --force to replace it")
     if average and checkpoint is not None:
         raise UsageError("give --checkpoint or --average, not both")
-    if average < 0:
-        raise UsageError(f"--average must be at least 1 (got {average})")
     run = RunDir(run_dir)
-    if average:
-        chosen = numbered_checkpoints(run.path)[-average:]
-        if len(chosen) < average:
-            raise UsageError(f"{run.path} has {len(chosen)} numbered checkpoints (step-N.pt), fewer than --average {average}")
-        weights = average_checkpoints(chosen)
-        origin: dict[str, Any] = {"averaged": [p.name for p in chosen]}
-    else:
-        payload, path = run.weights(checkpoint, "cpu")
-        weights = payload["model"]
-        origin = {"checkpoint": Path(path).name, "step": payload.get("progress", {}).get("step")}
+    weights, origin = chosen_weights(run, checkpoint, average)
     run.build_model(weights, f"{run.path} ({origin})")  # the weights fit the configuration
-    files = {}
-    for info in run.tokenizers.values():
-        for key in ("file", "vocab"):
-            files[info[key]] = (run.path / info[key]).read_bytes()
+    files = {
+        info[key]: (run.path / info[key]).read_bytes() for info in run.tokenizers.values() for key in ("file", "vocab")
+    }
     config = {key: value for key, value in run.raw.items() if key != "data_dir"}  # a path on this machine
     summary = {**run.summary(), "weights": origin, "exported_with": __version__}
     output.parent.mkdir(parents=True, exist_ok=True)
     write_model_file(output, config, files, weights, summary)
     return ModelFile(output)
+
+
+def chosen_weights(run: RunDir, checkpoint: str | None, average: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights of a checkpoint, or the mean of the last ``average`` numbered ones, and
+    where they come from."""
+    if average:
+        chosen = last_checkpoints(run.path, average, "--average")
+        return average_checkpoints(chosen), {"averaged": [path.name for path in chosen]}
+    payload, path = run.weights(checkpoint, "cpu")
+    return payload["model"], {"checkpoint": Path(path).name, "step": payload.get("progress", {}).get("step")}
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -140,7 +138,7 @@ def _trained(trained: dict[str, Any]) -> str:
     if trained.get("step") is None:
         return "no validation recorded"
     minutes, seconds = divmod(round(trained.get("elapsed") or 0), 60)
-    return f"{trained['step']:,} steps, {trained.get('epoch')} epochs, {minutes}m{seconds:02d}s"
+    return f"{trained['step']:,} steps ({trained.get('epoch')} full epochs), {minutes}m{seconds:02d}s"
 
 
 def _best(best: dict[str, Any]) -> str:

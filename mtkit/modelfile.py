@@ -76,10 +76,6 @@ class SavedModel:
             ) from None
         return model.to(device).eval()
 
-    def name(self) -> str:
-        """A short name: the directory's or the file's, without ``.mtkit``."""
-        return self.path.resolve().name.removesuffix(SUFFIX)
-
     # What each kind of saved model reads its own way.
     def _read_tokenizer(self, side: str) -> Tokenizer:
         raise NotImplementedError
@@ -90,7 +86,7 @@ class SavedModel:
 
     def summary(self) -> dict[str, Any]:
         """What the training run left to know about it: the data directory's manifest, the best
-        dev scores and when they were reached, how long it trained, the mtkit version."""
+        dev scores, how long it trained, the mtkit version that trained it."""
         raise NotImplementedError
 
 

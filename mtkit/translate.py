@@ -56,25 +56,30 @@ class Translator:
         check_one_target_vocabulary(self.runs)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        models = [run.load_model(checkpoint, self.device)[0] for run in self.runs]
-        if quantize not in QUANTIZATIONS:
-            raise UsageError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)}")
-        if quantize == "int8":
-            if self.device.type != "cpu":
-                raise UsageError("--quantize int8 is for CPUs; on a GPU use --precision bf16 or fp16")
-            models = [quantize_int8(model) for model in models]
-        self.model: Seq2Seq | Ensemble = models[0] if len(models) == 1 else Ensemble(models)
+        self.model = self._load(checkpoint, quantize)
+        self.shortlisted = bool(shortlist)
         if shortlist:
-            if len(models) > 1:
+            if isinstance(self.model, Ensemble):
                 raise UsageError("--shortlist is for one model: an ensemble scores the whole vocabulary")
             self.model.shortlist = learn_shortlist(self.run, shortlist, shortlist_data)
-        self.shortlist = shortlist
         self.sources = [run.processor("src") for run in self.runs]  # each model tokenises its own way
         self.src, self.tgt = self.sources[0], self.run.processor("tgt")
         self.max_input_len = max_input_len
         self.stats = TranslateStats()
         # On a CPU, one search thread per core (see ``decode``); a GPU takes the batches in turn.
         self.workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+
+    def _load(self, checkpoint: str | None, quantize: str) -> Seq2Seq | Ensemble:
+        """Each model with its weights (the decoder's products in int8 with ``quantize``); an
+        ensemble of them when there are several."""
+        if quantize not in QUANTIZATIONS:
+            raise UsageError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)}")
+        if quantize == "int8" and self.device.type != "cpu":
+            raise UsageError("--quantize int8 is for CPUs; on a GPU use --precision bf16 or fp16")
+        models = [run.load_model(checkpoint, self.device)[0] for run in self.runs]
+        if quantize == "int8":
+            models = [quantize_int8(model) for model in models]
+        return models[0] if len(models) == 1 else Ensemble(models)
 
     def nbest(
         self, sentences: list[str], options: SearchOptions, batch_size: int | None = None, tokenized: bool = False,
@@ -83,8 +88,10 @@ class Translator:
         """The n-best (text, hypothesis) list of each raw sentence; an empty line gets []. Each
         output starts with its sentence's prefix (target text) where ``prefixes`` are given;
         ``first`` is the number of the first sentence (sampling seeds each by its number)."""
-        if prefixes is not None and self.shortlist:
+        if self.shortlisted and prefixes is not None:
             raise UsageError("--prefix forces tokens that a shortlist may not hold: use one or the other")
+        if self.shortlisted and options.sampling is not None:
+            raise UsageError("--sample draws from the whole vocabulary: it takes no --shortlist")
         encoded = [self._encode(sentence) for sentence in sentences]
         self.stats.lines += len(sentences)
         wanted = [i for i, ids in enumerate(encoded) if (any(map(len, ids)) if isinstance(ids, tuple) else ids)]

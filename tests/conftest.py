@@ -91,11 +91,15 @@ def reverse_data(reverse_task, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(reverse_data, tmp_path_factory) -> Path:
     """A small attention model of the reversal task (trained in seconds), for serving tests."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
+    return train_tiny(reverse_data, tmp_path_factory.mktemp("tiny") / "run")
+
+
+def train_tiny(data: Path, out: Path, seed: int = 1) -> Path:
+    """Train ``tiny_run``'s model (another ``seed``: another model with the same vocabularies)."""
     run_cli(
-        "train", "--data", reverse_data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
+        "train", "--data", data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
         "--unidirectional", "--bridge", "last", "--schedule", "constant",
         "--attention", "luong", "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "60",
-        "--valid-every", "60", "--seed", "1",
+        "--valid-every", "60", "--seed", str(seed),
     )
     return out

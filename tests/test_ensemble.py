@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_error, run_cli
+from conftest import cli_error, run_cli, train_tiny
 from mtkit.checkpoint import load_checkpoint, save_checkpoint
 from mtkit.config import ModelConfig
 from mtkit.decoding import SearchOptions, decode
@@ -80,14 +80,7 @@ def test_ensemble_scores_are_the_mean_of_the_models_log_probabilities():
 @pytest.fixture(scope="module")
 def second_run(reverse_data, tmp_path_factory) -> Path:
     """tiny_run's settings with another seed: another model, the same vocabularies."""
-    out = tmp_path_factory.mktemp("ensemble") / "seed2"
-    run_cli(
-        "train", "--data", reverse_data, "--out", out, "--embed", "32", "--hidden", "64", "--layers", "1",
-        "--unidirectional", "--bridge", "last", "--schedule", "constant",
-        "--attention", "luong", "--lr", "0.01", "--batch-tokens", "2000", "--max-steps", "60",
-        "--valid-every", "60", "--seed", "2",
-    )
-    return out
+    return train_tiny(reverse_data, tmp_path_factory.mktemp("ensemble") / "seed2", seed=2)
 
 
 def copy_run(run: Path, target: Path) -> Path:

@@ -200,7 +200,7 @@ def test_sampling_options_are_checked(options, message):
         SearchOptions(**options)
 
 
-def test_prefixes_must_match_the_input_line_for_line(tiny_run):
+def test_prefixes_and_samples_are_refused_where_they_cannot_hold(tiny_run):
     translator = Translator(tiny_run, device="cpu")
     with pytest.raises(UsageError, match="--prefix has more lines than the input"):
         list(translator.translations(["w1", "w2"], SearchOptions(), buffer=1, prefixes=["w1", "", "w3"]))
@@ -208,3 +208,8 @@ def test_prefixes_must_match_the_input_line_for_line(tiny_run):
         list(translator.translations(["w1", "w2", "w3"], SearchOptions(), buffer=2, prefixes=["w1", ""]))
     with pytest.raises(UsageError, match="--prefix works with greedy, beam search and sampling"):
         translator.nbest(["w1"], SearchOptions(search="exhaustive", max_len_b=2), prefixes=["w1"])
+    shortlisted = Translator(tiny_run, device="cpu", shortlist=5)
+    with pytest.raises(UsageError, match="--prefix forces tokens that a shortlist may not hold"):
+        shortlisted.nbest(["w1"], SearchOptions(), prefixes=["w1"])
+    with pytest.raises(UsageError, match="--sample draws from the whole vocabulary"):
+        shortlisted.nbest(["w1"], SearchOptions(sample="full"))

@@ -111,9 +111,13 @@ def render(info: dict[str, Any]) -> list[tuple[str, str]]:
     vocab = info["vocabularies"]
     splits = info["training_data"]["splits"] or {}
     data = ", ".join(f"{split} {counts['pairs']:,} pairs" for split, counts in splits.items()) or "not recorded"
-    sources = info["training_data"]["sources"]
-    if sources:
-        data += " (from " + ", ".join(sorted({str(source.get("path")) for source in sources.values()})) + ")"
+    files = {
+        str(source.get("path"))  # a split's source: one file, or (since ids_format 1) a list of them
+        for split in (info["training_data"]["sources"] or {}).values()
+        for source in (split if isinstance(split, list) else [split])
+    }
+    if files:
+        data += " (from " + ", ".join(sorted(files)) + ")"
     trained = info["training"] or {}
     best = info["best_dev"] or {}
     weights = info["weights"]

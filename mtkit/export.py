@@ -20,7 +20,7 @@ from mtkit import __version__
 from mtkit.checkpoint import average_checkpoints, last_checkpoints
 from mtkit.config import ModelConfig
 from mtkit.errors import MtkitError, UsageError
-from mtkit.modelfile import SUFFIX, ModelFile, SavedModel, write_model_file
+from mtkit.modelfile import SUFFIX, ModelFile, write_model_file
 from mtkit.models.seq2seq import count_parameters
 from mtkit.rundir import RunDir, open_model
 

@@ -39,7 +39,8 @@ Source = Union[Sequence[int], tuple[Sequence[int], ...]]  # an ensemble's: one s
 class SearchOptions:
     """How to search. ``beam`` 1 is greedy; outputs are at most ``max_len_a · |src| + max_len_b``
     tokens (counting ``<eos>``); hypotheses are ranked by log P / lp(length) with the book's
-    lp = L^alpha or GNMT's ((5 + L) / 6)^alpha."""
+    lp = L^alpha or GNMT's ((5 + L) / 6)^alpha. With ``sample``, outputs are drawn instead
+    (``sampling.py``)."""
 
     search: str = "beam"
     beam: int = 1
@@ -54,11 +55,6 @@ class SearchOptions:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        self.sampling = Sampling.parse(self.sample, self.temperature, self.seed) if self.sample else None
-        if self.sampling is not None and (self.search != "beam" or self.beam != 1 or self.nbest != 1):
-            raise UsageError("--sample draws one output per sentence: it takes no --beam, --nbest or --search")
-        if self.sampling is None and (self.temperature != 1.0 or self.seed != 1):
-            raise UsageError("--temperature and --seed are for --sample")
         if self.search not in SEARCHES:
             raise UsageError(f"--search must be one of {', '.join(SEARCHES)}")
         if self.length_penalty not in LENGTH_PENALTIES:
@@ -69,6 +65,11 @@ class SearchOptions:
             raise UsageError(f"need 1 <= --nbest <= --beam (got nbest {self.nbest}, beam {self.beam})")
         if self.alpha < 0:
             raise UsageError("--alpha must be >= 0")
+        self.sampling = Sampling.parse(self.sample, self.temperature, self.seed) if self.sample else None
+        if self.sampling is not None and (self.search != "beam" or self.beam != 1 or self.nbest != 1):
+            raise UsageError("--sample draws one output per sentence: it takes no --beam, --nbest or --search")
+        if self.sampling is None and (self.temperature != 1.0 or self.seed != 1):
+            raise UsageError("--temperature and --seed are for --sample")
 
     def batch_size(self) -> int:
         """Sentences per batch when none is given: about 512 rows of beams, which keeps the

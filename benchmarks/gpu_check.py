@@ -22,6 +22,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,9 +167,19 @@ def best_recipe(data: Path, work: Path, out: Path, s: Settings, timeout: float) 
         "tokens_per_second_overall": round(last["target_tokens"] / last["elapsed"]),
         "dev_bleu": [(m["step"], round(m["dev_bleu"], 2)) for m in metrics],
     }
+    waited = batch_waits(run / "train.log")
+    if waited:
+        result["waited_for_batches_max"] = max(waited)
     if sampler is not None:
         result.update(gpu_usage(out / "nvidia-smi.csv", run / "train.log"))
     return result
+
+
+def batch_waits(train_log: Path) -> list[float]:
+    """The share of training time spent waiting for the prefetching thread's batches, from
+    each validation line of train.log (one figure per interval between validations)."""
+    found = re.findall(r"waited for batches (\d+(?:\.\d+)?)%", train_log.read_text()) if train_log.exists() else []
+    return [float(share) / 100 for share in found]
 
 
 def decoding(data: Path, work: Path, out: Path, s: Settings, beam: int, timeout: float) -> dict:
@@ -236,6 +247,8 @@ def summary_lines(summary: dict) -> list[str]:
         gpu = (f"; GPU memory {best['gpu_memory_peak_mib'] / 1024:.1f} GiB (nvidia-smi peak), utilisation "
                f"{best['gpu_utilization_mean']:.0f}% (mean of {best['gpu_samples']} samples)"
                if "gpu_utilization_mean" in best else "; GPU not sampled")
+        if "waited_for_batches_max" in best:
+            gpu += f"; waited for batches at most {best['waited_for_batches_max']:.1%} of the time between validations"
         lines.append(f"best recipe, bf16, {best['train_seconds']:g} s, batches of {best['batch_tokens']:,} tokens: "
                      f"{best['tokens_per_second']:,} target tokens/s (validations excluded; "
                      f"{best['tokens_per_second_overall']:,} overall; target on one H100: 150,000), "

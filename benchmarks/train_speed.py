@@ -6,7 +6,8 @@ model FLOPs per target token and the fraction of this CPU's measured matmul peak
     the best recipe)
 
 Each configuration runs in a fresh process (so peak memory is its own), through mtkit's own
-training step (``Trainer.train_step``), on the data directory's length-bucketed batches.
+training step (``Trainer.train_step``) on the training loop's batches (length-bucketed, made
+ahead on a background thread: ``Trainer.prefetch``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ def measure(args: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mtkit.config import load_recipe, set_option
-    from mtkit.data.batching import bucket_batches
     from mtkit.data.dataset import DataDir
     from mtkit.training.loop import Trainer
 
@@ -54,32 +54,26 @@ def measure(args: argparse.Namespace) -> dict:
     data = DataDir(args.data)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(recipe, data, Path(run_dir), Console(stderr=True))
-        split = trainer.train_split
-        batches = bucket_batches(split.src_lengths, split.tgt_lengths, args.batch_tokens, seed=1)
         lr = recipe.train.lr
-        position = 0
-        for _ in range(args.warmup):
-            trainer.train_step(batches[position], lr)
-            position += 1
-        flops = FlopCounterMode(display=False)
-        with flops:
-            _, counted_tokens, _ = trainer.train_step(batches[position], lr)
-        position += 1
-        rates = []
-        for _ in range(args.windows):
-            tokens, start = 0, time.perf_counter()
-            for _ in range(args.window_steps):
-                tokens += trainer.train_step(batches[position % len(batches)], lr)[1]
-                position += 1
-            rates.append(tokens / (time.perf_counter() - start))
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with trainer.prefetch() as updates:  # the training loop's batches, made ahead
+            for _ in range(args.warmup):
+                trainer.train_step(next(updates), lr)
+            flops = FlopCounterMode(display=False)
+            with flops:
+                _, counted_tokens, _ = trainer.train_step(next(updates), lr)
+            rates = []
+            for _ in range(args.windows):
+                tokens, start = 0, time.perf_counter()
                 for _ in range(args.window_steps):
-                    trainer.train_step(batches[position % len(batches)], lr)
-                    position += 1
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+                    tokens += trainer.train_step(next(updates), lr)[1]
+                rates.append(tokens / (time.perf_counter() - start))
+            if args.profile:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(args.window_steps):
+                        trainer.train_step(next(updates), lr)
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
         model = trainer.model
     return {
         "recipe": str(args.recipe), "precision": args.precision, "batch_tokens": args.batch_tokens,

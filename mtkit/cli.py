@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.console import Console
 from mtkit import __version__
 from mtkit.config import SECTIONS, Recipe, load_recipe, parse_extra_overrides, recipe_keys, set_option
 from mtkit.errors import Interrupted, MtkitError, UsageError
+
+if TYPE_CHECKING:
+    from mtkit.training.distributed import Launch
 
 app = typer.Typer(
     name="mtkit",
@@ -166,7 +169,7 @@ _MODEL_FLAGS = {
 }
 _TRAIN_FLAGS = {
     "lr", "batch_size", "batch_tokens", "seed", "max_epochs", "max_steps", "max_time",
-    "valid_every", "valid_beam", "precision", "device", "schedule", "warmup", "label_smoothing",
+    "valid_every", "valid_beam", "precision", "device", "schedule", "warmup", "label_smoothing", "accumulate",
     "patience", "stop_on", "save_every", "clip_norm", "keep_checkpoints", "log_every", "truncate",
     "plateau_factor", "plateau_patience", "shuffled_batches",
 }
@@ -211,8 +214,9 @@ def train(
     warmup: Annotated[Optional[int], _setting("train.warmup", "Warm-up steps: the rate rises linearly to --lr over the first N steps, under every schedule.")] = None,
     plateau_factor: Annotated[Optional[float], _setting("train.plateau_factor", "plateau: multiply the rate by this after --plateau-patience validations without a better dev score.")] = None,
     plateau_patience: Annotated[Optional[int], _setting("train.plateau_patience", "plateau: validations without a better dev score before the rate drops.")] = None,
-    batch_size: Annotated[Optional[int], _setting("train.batch_size", "Sentences per batch (instead of --batch-tokens).")] = None,
-    batch_tokens: Annotated[Optional[int], _setting("train.batch_tokens", "Target tokens per length-bucketed batch.")] = None,
+    batch_size: Annotated[Optional[int], _setting("train.batch_size", "Sentences per batch and process (instead of --batch-tokens).")] = None,
+    batch_tokens: Annotated[Optional[int], _setting("train.batch_tokens", "Target tokens per length-bucketed batch, per process: an update takes processes × --accumulate batches.")] = None,
+    accumulate: Annotated[Optional[int], _setting("train.accumulate", "Add up the gradients of N batches (per process) before each update: N times the batch in the same memory.")] = None,
     truncate: Annotated[Optional[int], _setting("train.truncate", "Cut every sentence to N tokens counting <eos> (the book's num_steps).")] = None,
     shuffled_batches: Annotated[Optional[bool], _setting("train.shuffled_batches", "The book's batches: --batch-size sentences in a new random order each epoch, instead of length buckets.", "--shuffled-batches/--bucketed-batches")] = None,
     clip_norm: Annotated[Optional[float], _setting("train.clip_norm", "Global gradient-norm clipping.")] = None,
@@ -230,7 +234,11 @@ def train(
     log_every: Annotated[Optional[int], _setting("train.log_every", "Log a progress line every N steps.")] = None,
     device: Annotated[Optional[str], _setting("train.device", "auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
     precision: Annotated[Optional[str], _setting("train.precision", "auto (bf16 on GPUs with native bf16, else fp32), fp32, bf16 or fp16 (CUDA).")] = None,
-    nproc: Annotated[Optional[int], typer.Option(help="Train in N processes (DistributedDataParallel via torchrun).")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train in N processes on this machine, one per GPU (DistributedDataParallel via torchrun).")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="Train on M machines, each running this command with its --node-rank (and --nproc).")] = None,
+    node_rank: Annotated[Optional[int], typer.Option(help="With --nnodes: this machine's number, 0 to M-1; machine 0 writes the run directory.")] = None,
+    master_addr: Annotated[Optional[str], typer.Option(help="With --nnodes: the address of machine 0, which the others reach.")] = None,
+    master_port: Annotated[Optional[int], typer.Option(help="With --nnodes: a free TCP port on machine 0 \\[default: 29500].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory when the new run ends; until then it trains in RUN_DIR.new.")] = False,
 ) -> None:
     """Train a model; the first limit reached (--max-epochs/--max-steps/--max-time) ends it.
@@ -240,9 +248,13 @@ def train(
     """
     from mtkit.training.loop import resume as resume_training, train as run_training
 
+    from mtkit.training.distributed import Launch
+
     values = locals()
-    if nproc is not None and nproc > 1:
-        _launch_processes(nproc, resume)
+    processes = Launch(nproc or 1, nnodes or 1, node_rank, master_addr, master_port)
+    processes.check()
+    if processes.world > 1:
+        _launch_processes(processes, resume)
     elif resume is not None:
         resume_training(resume, _resume_limits(values, ctx), stderr, tensorboard)
     else:
@@ -269,17 +281,26 @@ def _parent(values: dict[str, Any], ctx: typer.Context, config: Recipe):
     return parent
 
 
-def _launch_processes(nproc: int, resume: Optional[Path]) -> None:
-    """Run this very command line, without --nproc, in ``nproc`` processes through torchrun."""
+_LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def _launch_processes(processes: Launch, resume: Optional[Path]) -> None:
+    """Run this very command line, without the launch options, in ``processes.nproc`` processes
+    through torchrun (on each of ``processes.nnodes`` machines)."""
     from mtkit.rundir import RunDir
     from mtkit.training.distributed import launch
 
+    if "LOCAL_RANK" in os.environ:
+        raise UsageError("already started by torchrun: drop --nproc/--nnodes (torchrun sets the processes)")
     if resume is not None:
-        RunDir(resume).check_processes(nproc)
-    argv = [a for a in sys.argv[1:] if a != "--debug"]
-    at = argv.index("--nproc") if "--nproc" in argv else None
-    argv = argv[:at] + argv[at + 2 :] if at is not None else [a for a in argv if not a.startswith("--nproc=")]
-    code = launch(nproc, argv)
+        RunDir(resume).check_processes(processes.world)
+    argv, args = [], iter(a for a in sys.argv[1:] if a != "--debug")
+    for arg in args:
+        if arg in _LAUNCH_FLAGS:
+            next(args, None)  # and its value
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _LAUNCH_FLAGS)):
+            argv.append(arg)
+    code = launch(processes, argv)
     if code:
         raise typer.Exit(code)
 

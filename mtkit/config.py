@@ -93,8 +93,9 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, batching, limits, validation and checkpoints for ``mtkit train``."""
 
-    batch_size: int | None = _range(None, 1)
+    batch_size: int | None = _range(None, 1)  # per process, as batch_tokens
     batch_tokens: int | None = _range(2500, 1)
+    accumulate: int = _range(1, 1)  # batches per process summed into one update
     lr: float = _range(0.003, 0.0)
     schedule: str = _choice("linear", "constant", "linear", "inverse-sqrt", "plateau")
     warmup: int = _range(0, 0)

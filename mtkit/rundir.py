@@ -70,7 +70,7 @@ def finish_run_dir(run_dir: Path) -> Path:
 
 
 def save_run_config(
-    run_dir: Path, recipe: Recipe, data: DataDir, processes: int, parent: dict[str, Any] | None = None
+    run_dir: Path, recipe: Recipe, data: DataDir, world_size: int, parent: dict[str, Any] | None = None
 ) -> None:
     """Copy the tokenisers in and save the fully resolved configuration as JSON; ``parent``
     records the run a fine-tuning run starts from."""
@@ -86,7 +86,7 @@ def save_run_config(
         {
             "mtkit_version": __version__,
             "data_dir": str(data.path.resolve()),  # absolute: --resume works from anywhere
-            "processes": processes,  # a resumed run must use as many
+            "world_size": world_size,  # processes on all machines: a resumed run must use as many
             "src_lang": data.src_lang,
             "tgt_lang": data.tgt_lang,
             "tokenizers": tokenizers,
@@ -104,15 +104,21 @@ class RunDir(SavedModel):
         if not (path / "config.json").is_file():
             raise MtkitError(f"{path}: not a run directory (no config.json); train one with `mtkit train`")
         super().__init__(path, read_json(path / "config.json"), str(path / "config.json"))
-        self.processes = int(self.raw.get("processes", 1))
+        # "processes": an older mtkit, which divided the batch among its processes
+        self.world_size = int(self.raw.get("world_size", self.raw.get("processes", 1)))
 
     def check_processes(self, processes: int) -> None:
         """A run resumes in as many processes as it trained in: the batches, the position in the
         epoch and every process's random state depend on it."""
-        if processes != self.processes:
+        if "world_size" not in self.raw and self.world_size > 1:
             raise UsageError(
-                f"{self.path} was trained in {self.processes} process(es): resume it with "
-                f"--nproc {self.processes} (not {processes}), so that it sees the same batches"
+                f"{self.path} was trained by an older mtkit, which divided --batch-tokens among its "
+                f"{self.world_size} processes: it cannot resume with the same batches"
+            )
+        if processes != self.world_size:
+            raise UsageError(
+                f"{self.path} was trained in {self.world_size} process(es) in all: resume it in as many "
+                f"(--nproc × --nnodes = {self.world_size}, not {processes}), so that it sees the same batches"
             )
 
     def data_dir(self) -> DataDir:

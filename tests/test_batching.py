@@ -1,9 +1,12 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from mtkit.data.batching import bucket_batches, make_batch, pad_sequences
+from mtkit.data.batching import bucket_batches, make_batch, pad_sequences, updates
 from mtkit.data.dataset import EncodedSide, EncodedSplit, write_encoded
+from mtkit.data.prefetch import Prefetcher
 from mtkit.data.vocab import BOS, EOS, PAD
 
 
@@ -63,14 +66,63 @@ def test_sentence_batches(random_split):
     split = random_split(103)
     batches = bucket_batches(split.src_lengths, split.tgt_lengths, batch_size=10)
     assert sorted(len(b) for b in batches) == [3] + [10] * 10
-    merged = bucket_batches(split.src_lengths, split.tgt_lengths, batch_size=10, min_sentences=4)
-    assert sorted(len(b) for b in merged) == [10] * 9 + [13]
 
 
 def test_a_plan_resumes_from_a_slice(random_split):
     split = random_split()
     plan = bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=250, seed=3, epoch=1)
     assert [b.tolist() for b in plan[5:]] == [b.tolist() for b in list(plan)[5:]]
+
+
+@pytest.mark.parametrize("world, accumulate", [(1, 1), (1, 3), (2, 1), (2, 2), (3, 3)])
+def test_updates_give_each_process_whole_batches_of_the_plan_once(random_split, world, accumulate):
+    split = random_split()
+
+    def plan_of(epoch):
+        return bucket_batches(split.src_lengths, split.tgt_lengths, batch_tokens=240, seed=3, epoch=epoch)  # 37
+
+    plan = [b.tolist() for b in plan_of(0)]
+    group = world * accumulate
+    assert len(plan) % group or group == 1, "the last update of the epoch should be a short one"
+    steps = -(-len(plan) // group)
+    ranks = [list(itertools.islice(updates(split, plan_of, world=world, rank=r, accumulate=accumulate), steps + 1))
+             for r in range(world)]
+    for step, same in enumerate(zip(*ranks)):
+        if step == steps:  # the next epoch begins
+            assert all((u.epoch, u.start) == (1, 0) for u in same)
+            continue
+        start, end = step * group, min((step + 1) * group, len(plan))
+        assert all((u.epoch, u.start, u.end, u.batches_in_epoch) == (0, start, end, len(plan)) for u in same)
+        assert {u.tokens for u in same} == {split.target_tokens(np.concatenate(plan[start:end]))}
+        for rank, u in enumerate(same):
+            mine = plan[start + rank : end : world]
+            assert u.stand_in == (not mine) and (not mine) <= (step == steps - 1)  # only at the end
+            assert [b.indices.tolist() for b in u.batches] == (mine or plan[start : start + 1])
+    resumed = next(updates(split, plan_of, 0, group, world, world - 1, accumulate))  # from a saved position
+    assert [b.indices.tolist() for b in resumed.batches] == plan[group + world - 1 : 2 * group : world]
+
+
+def test_the_prefetcher_keeps_order_stops_when_closed_and_passes_errors_on():
+    made = []
+
+    def numbers():
+        for i in itertools.count():
+            made.append(i)
+            yield i
+
+    with Prefetcher(numbers(), depth=2, prepare=lambda i: -i) as ahead:
+        assert [next(ahead) for _ in range(5)] == [0, -1, -2, -3, -4]
+    assert not ahead.thread.is_alive() and len(made) <= 5 + 2 + 1  # at most depth ahead, and one being made
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    with Prefetcher(failing()) as ahead:
+        assert next(ahead) == 1
+        with pytest.raises(ValueError, match="bad batch"):
+            next(ahead)
+    assert list(Prefetcher(iter(range(3)))) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("vocab_size", [1 << 16, 70_000])

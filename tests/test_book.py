@@ -57,7 +57,6 @@ def test_shuffled_batches_are_the_books_data_loader():
     assert batches != lists(shuffled_batches(512, 128, seed=2, epoch=0))
     assert lists(shuffled_batches(512, 128, seed=1, epoch=0)[2:]) == batches[2:]  # a resumed epoch
     assert [len(b) for b in shuffled_batches(300, 128)] == [128, 128, 44]
-    assert [len(b) for b in shuffled_batches(257, 128, min_sentences=2)] == [128, 129]
 
 
 def test_the_output_layer_keeps_pytorchs_initialisation():

@@ -9,14 +9,18 @@ label smoothing.
   metrics hold one extra line, the final validation at N.
 - The same command in fresh processes gives the same weights, bit for bit.
 - The book's procedure (shuffled sentence batches, truncation) resumes exactly too.
+- With --accumulate 2, a signal between an update's batches takes effect after the update.
+Batches are made ahead on a background thread throughout (mtkit.data.prefetch).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -26,7 +30,7 @@ from conftest import run_cli, signal_during_step
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import Recipe, set_option
 from mtkit.errors import Interrupted
-from mtkit.training.loop import resume, train
+from mtkit.training.loop import Trainer, resume, train
 
 STEPS, VALID_EVERY = 12, 4
 SCHEDULES = {
@@ -131,6 +135,36 @@ def test_the_books_procedure_stopped_by_a_signal_resumes_to_the_straight_run(rev
     resume(run, {}, console=QUIET)
     assert metrics(run) == metrics(tmp_path / "straight")
     assert_same_weights(weights(run), weights(tmp_path / "straight"))
+
+
+def test_a_signal_between_accumulated_batches_takes_effect_after_the_update(reverse_data, tmp_path):
+    """--accumulate 2: SIGTERM arriving after the first of step 7's two batches stops the run
+    once step 7's update is done; resumed, it ends as the straight run (prefetched batches
+    dropped at the stop are made again)."""
+    def accumulating(max_steps: int) -> Recipe:
+        config = recipe("linear", max_steps)
+        set_option(config, "train.accumulate", 2)
+        return config
+
+    train(accumulating(STEPS), reverse_data, tmp_path / "straight", console=QUIET)
+    batches_of_step_7 = []
+    original = Trainer.micro_step
+
+    def micro_step(self, batch, scale):
+        if self.state.step == 6:
+            batches_of_step_7.append(batch)
+            if len(batches_of_step_7) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, scale)
+
+    run = tmp_path / "run"
+    with mock.patch.object(Trainer, "micro_step", micro_step), pytest.raises(Interrupted, match="stopped by SIGTERM at step 7 "):
+        train(accumulating(STEPS), reverse_data, run, console=QUIET)
+    assert len(batches_of_step_7) == 2
+    resume(run, {}, console=QUIET)
+    assert metrics(run) == metrics(tmp_path / "straight")
+    assert_same_weights(weights(run), weights(tmp_path / "straight"))
+    assert_same_weights(weights(run, "best"), weights(tmp_path / "straight", "best"))
 
 
 def test_resume_from_another_working_directory(reverse_data, tmp_path):

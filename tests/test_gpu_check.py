@@ -49,6 +49,19 @@ def test_gpu_usage_counts_only_the_training_window(tmp_path):
     assert usage == {"gpu_samples": 2, "gpu_utilization_mean": 85.0, "gpu_memory_peak_mib": 9500.0}
 
 
+def test_batch_waits_are_read_from_trainings_validation_lines(tmp_path):
+    from rich.console import Console
+
+    from mtkit.training.loop import Validation
+    from mtkit.training.progress import Reporter
+
+    with Reporter(Console(quiet=True), tmp_path / "train.log") as reporter:
+        for step, waited in ((100, 0.0123), (200, 0.0)):
+            result = Validation(step, 1, 10.0, 5000, 3.2, 3.0, 12.5, 40.1, 0.003, 2500.0, 0.01)
+            reporter.log_validation(result, improved=True, waited=waited)
+    assert gpu_check.batch_waits(tmp_path / "train.log") == [0.012, 0.0]
+
+
 def test_summary_reads_every_stage():
     summary = {"date": "2026-11-26T12:00:00", "dry_run": False, "stages": {
         "environment": {"status": "ok", "seconds": 3, "gpu": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4", "mtkit": "mtkit 0.1.0"},
@@ -58,7 +71,7 @@ def test_summary_reads_every_stage():
         "best-recipe": {"status": "ok", "seconds": 140, "batch_tokens": 24000, "train_seconds": 120, "updates": 900,
                         "tokens_per_second": 180000, "tokens_per_second_overall": 170000,
                         "dev_bleu": [[250, 30.1], [900, 38.55]], "gpu_samples": 260,
-                        "gpu_utilization_mean": 71.3, "gpu_memory_peak_mib": 10240},
+                        "gpu_utilization_mean": 71.3, "gpu_memory_peak_mib": 10240, "waited_for_batches_max": 0.002},
         "decode-beam1": {"status": "ok", "seconds": 15, "sentences_per_second": 9000, "test_bleu": 37.2},
         "decode-beam5": {"status": "timed out after 60 s", "seconds": 60},
     }}
@@ -69,6 +82,7 @@ def test_summary_reads_every_stage():
     assert "180,000 target tokens/s (validations excluded; 170,000 overall; target on one H100: 150,000), " \
            "900 updates, dev BLEU 38.5" in text
     assert "GPU memory 10.0 GiB (nvidia-smi peak), utilisation 71% (mean of 260 samples)" in text
+    assert "waited for batches at most 0.2% of the time between validations" in text
     assert "greedy: 9,000 sentences/s on the test split, test BLEU 37.2" in text
     assert "decode-beam5     timed out after 60 s" in text and "beam 5:" not in text
 

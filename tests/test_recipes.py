@@ -5,11 +5,13 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from conftest import REPO, run_cli
 from mtkit.config import ModelConfig, TrainConfig, load_recipe, read_toml
+from mtkit.data.batching import Update, make_batch
 from mtkit.data.dataset import DataDir
 from mtkit.training.loop import Trainer
 
@@ -43,14 +45,15 @@ def test_there_are_recipes():
 def test_recipe_builds_and_learns_from_a_batch(recipe, reverse_data, tmp_path):
     config = load_recipe(recipe)
     trainer = Trainer(config, DataDir(reverse_data), tmp_path, Console(quiet=True))
-    indices = list(range(16))
-    loss, tokens, _ = trainer.train_step(indices, lr=1e-4)
-    assert tokens == trainer.train_split.target_tokens(indices, config.train.truncate)  # every target token, <eos> included
+    split, indices, truncate = trainer.train_split, np.arange(16), config.train.truncate
+    update = Update(0, 0, 1, 1, [make_batch(split, indices, truncate)], split.target_tokens(indices, truncate))
+    loss, tokens, _ = trainer.train_step(update, lr=1e-4)
+    assert tokens == update.tokens  # every target token, <eos> included
     # a fresh model predicts about uniformly: its mean cross-entropy is about ln |V|
     vocab = trainer.model.generator.out_features
     assert math.log(vocab) - 0.5 < loss / tokens < math.log(vocab) + 1.0
     assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
-    again, _, _ = trainer.train_step(indices, config.train.lr)
+    again, _, _ = trainer.train_step(update, config.train.lr)
     assert again < loss  # a small step along the gradient lowered the batch's loss
 
 

@@ -6,12 +6,13 @@ epoch. The book's procedure instead cuts all sentences, in a new random order ea
 batches of a fixed size (``shuffled_batches``). Everything depends only on (seed, epoch): an
 interrupted run resumes on the same batches.
 The plan of an epoch is a few flat arrays (no Python object per sentence), and ``make_batch`` is
-a pure function of the split and the indices, so a background worker can prepare batches ahead.
+a pure function of the split and the indices, so a background thread prepares the coming
+updates (``updates``, run by ``mtkit.data.prefetch``) while the current one trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,17 @@ class Batch:
         return int((self.tgt_out != PAD).sum())
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``; from pinned memory the copies do not wait. The source lengths
+        stay on the CPU, where packing reads them: a GPU copy would be copied back, making every
+        step wait for the GPU to finish the one before."""
         if torch.device(device).type == "cpu":
             return self
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out)), self.indices)
+        src, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in (self.src, self.tgt_in, self.tgt_out))
+        return Batch(src, self.src_lengths, tgt_in, tgt_out, self.indices)
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, which a GPU copies from without the CPU waiting."""
+        return Batch(*(t.pin_memory() for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out)), self.indices)
 
 
 def pad_sequences(seqs: list[Tensor], append: int | None = EOS, truncate: int | None = None) -> tuple[Tensor, Tensor]:
@@ -89,6 +98,48 @@ class BatchPlan(Sequence):
         return (self[k] for k in range(len(self)))
 
 
+@dataclass
+class Update:
+    """One process's share of one optimiser step: batches ``start``..``end`` of the plan of
+    ``epoch`` (``batches_in_epoch`` long) are the whole step, over every process."""
+
+    epoch: int
+    start: int
+    end: int
+    batches_in_epoch: int
+    batches: list[Batch]  # this process's, their gradients summed in order
+    tokens: int  # target tokens of the whole step, every process's batches: the loss divides by them
+    stand_in: bool = False  # none was left for this process: batches[0] keeps it in step, weight 0
+
+    def pin_memory(self) -> Update:
+        return Update(self.epoch, self.start, self.end, self.batches_in_epoch,
+                      [b.pin_memory() for b in self.batches], self.tokens, self.stand_in)
+
+
+def updates(
+    split: EncodedSplit, plan_of: Callable[[int], BatchPlan], epoch: int = 0, position: int = 0,
+    world: int = 1, rank: int = 0, accumulate: int = 1, truncate: int | None = None,
+) -> Iterator[Update]:
+    """Process ``rank``'s updates from batch ``position`` of ``epoch`` on, epoch after epoch
+    (``plan_of(epoch)`` is an epoch's plan). Each update takes the plan's next ``world`` ×
+    ``accumulate`` batches, whole batches per process: process r trains on the r-th, (r +
+    world)-th, ... of them, so that a step of ``world`` processes sees the batches one process
+    accumulating ``world`` × ``accumulate`` would. The last update of an epoch may be smaller; a
+    process left without a batch gets a stand-in with no weight (every process must take part
+    in every exchange of gradients)."""
+    group = world * accumulate
+    while True:
+        plan = plan_of(epoch)
+        for start in range(position, len(plan), group):
+            end = min(start + group, len(plan))
+            step = [plan[k] for k in range(start, end)]
+            mine = step[rank::world]
+            batches = [make_batch(split, indices, truncate) for indices in (mine or step[:1])]
+            tokens = split.target_tokens(np.concatenate(step), truncate)
+            yield Update(epoch, start, end, len(plan), batches, tokens, stand_in=not mine)
+        epoch, position = epoch + 1, 0
+
+
 def bucket_batches(
     src_lengths: np.ndarray | Tensor,
     tgt_lengths: np.ndarray | Tensor,
@@ -97,14 +148,12 @@ def bucket_batches(
     seed: int = 0,
     epoch: int = 0,
     truncate: int | None = None,
-    min_sentences: int = 1,
 ) -> BatchPlan:
     """Split example indices into length-bucketed batches, in a shuffled order.
 
     With ``batch_tokens`` a batch holds as many sentences as fit ``n · longest target ≤ budget``
     (counting ``<eos>``); with ``batch_size`` it holds that many sentences. Each example appears
-    exactly once. A batch smaller than ``min_sentences`` (one per process in distributed
-    training) joins its neighbour.
+    exactly once.
     """
     if (batch_tokens is None) == (batch_size is None):
         raise ValueError("give exactly one of batch_tokens and batch_size")
@@ -112,44 +161,33 @@ def bucket_batches(
     if batch_size is not None:
         starts = np.arange(0, len(order), batch_size)
     else:
-        starts = _token_batch_starts(sorted_tgt, batch_tokens, min_sentences)
-    bounds = _bounds(starts, len(order), min_sentences)
+        starts = _token_batch_starts(sorted_tgt, batch_tokens)
+    bounds = np.append(np.asarray(starts, dtype=np.int64), len(order))
     rng = np.random.default_rng([seed, epoch, 1])
     return BatchPlan(order, bounds, rng.permutation(len(bounds) - 1))
 
 
-def shuffled_batches(
-    count: int, batch_size: int, seed: int = 0, epoch: int = 0, min_sentences: int = 1
-) -> BatchPlan:
+def shuffled_batches(count: int, batch_size: int, seed: int = 0, epoch: int = 0) -> BatchPlan:
     """The book's batches (a DataLoader with ``shuffle=True``): all ``count`` examples in a new
     random order each epoch, cut into consecutive batches of ``batch_size``; the last may be
-    smaller, and joins its neighbour when smaller than ``min_sentences``. Depends only on
-    (seed, epoch), like ``bucket_batches``, and is the same kind of plan."""
+    smaller. Depends only on (seed, epoch), like ``bucket_batches``, and is the same kind of
+    plan."""
     if count >= 1 << 32:
         raise ValueError("more than 2^32 sentences in one split")
     order = np.arange(count, dtype=np.uint32)
     np.random.default_rng([seed, epoch, 2]).shuffle(order)  # in place: 4 bytes per sentence
-    bounds = _bounds(np.arange(0, count, batch_size), count, min_sentences)
+    bounds = np.append(np.arange(0, count, batch_size), count)
     return BatchPlan(order, bounds, np.arange(len(bounds) - 1))
 
 
-def _bounds(starts: Sequence[int] | np.ndarray, count: int, min_sentences: int) -> np.ndarray:
-    """The cuts of ``count`` sentences into batches beginning at ``starts``; a last batch
-    smaller than ``min_sentences`` joins the one before."""
-    starts = np.asarray(starts, dtype=np.int64)
-    if len(starts) > 1 and count - starts[-1] < min_sentences:
-        starts = starts[:-1]
-    return np.append(starts, count)
-
-
-def _token_batch_starts(lengths: np.ndarray, budget: int, min_sentences: int) -> list[int]:
+def _token_batch_starts(lengths: np.ndarray, budget: int) -> list[int]:
     """Greedy cuts of ascending ``lengths``: a batch grows while (its size) × (its longest) fits
-    the budget, and always has ``min_sentences``. One small array operation per batch."""
+    the budget, and has at least one sentence. One small array operation per batch."""
     starts, start, n = [], 0, len(lengths)
     while start < n:
         room = max(budget // int(lengths[start]), 1)
         window = lengths[start : start + room].astype(np.int64) * np.arange(1, min(room, n - start) + 1)
-        size = max(int(np.searchsorted(window, budget, side="right")), min_sentences, 1)
+        size = max(int(np.searchsorted(window, budget, side="right")), 1)
         starts.append(start)
         start += size
     return starts

@@ -1,9 +1,12 @@
-"""Distributed data parallel training through torch.distributed (launched by torchrun).
+"""Distributed data parallel training through torch.distributed (launched by torchrun, on one
+machine or several).
 
-Every rank builds the same global batches from the shared seed and trains on its own slice of
-each (sentences ``rank::world``); DDP averages the gradients. Losses are scaled by the global
-token count, so the update equals a single process on the whole batch. Only rank 0 validates,
-logs and writes checkpoints; stop decisions are agreed on by all ranks every step.
+Every rank builds the same plan of batches from the shared seed; an update takes the plan's
+next world × accumulate batches, each rank whole batches of its own (see
+``mtkit.data.batching.updates``), and DDP averages the gradients. Losses are scaled by the
+update's token count over all ranks, so an update equals one process accumulating the same
+batches. Every rank translates a slice of the dev set; rank 0 gathers the scores, logs and
+writes the run directory; stop decisions are agreed on by all ranks every step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from mtkit.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ def init_distributed(device_type: str) -> Distributed:
     if world == 1:
         return Distributed()
     if not dist.is_initialized():
-        # Rank 0 validates while the others wait: allow long validations.
+        # Rank 0 scores BLEU and writes checkpoints while the others wait: allow slow disks.
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -69,12 +74,53 @@ def shutdown(info: Distributed) -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``mtkit ARGV`` in ``nproc`` processes through torchrun; return its exit status."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "mtkit", *argv,
-    ]
+@dataclass(frozen=True)
+class Launch:
+    """How many training processes to start, on how many machines: ``nproc`` on this one (the
+    ``node_rank``-th of ``nnodes``), meeting at ``master_addr:master_port``, where node 0 runs
+    torch's rendezvous store. Node 0 holds rank 0, which writes the run directory."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None  # torchrun's default, 29500, when None
+
+    @property
+    def world(self) -> int:
+        return self.nproc * self.nnodes
+
+    def check(self) -> None:
+        if self.nproc < 1 or self.nnodes < 1:
+            raise UsageError("--nproc and --nnodes must be at least 1")
+        if self.nnodes == 1:
+            if self.node_rank is not None or self.master_addr is not None or self.master_port is not None:
+                raise UsageError(
+                "--node-rank, --master-addr and --master-port are for training on several machines (--nnodes M)"
+            )
+            return
+        if self.node_rank is None or self.master_addr is None:
+            raise UsageError("--nnodes needs --node-rank R (0 on the machine at --master-addr) and --master-addr HOST")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise UsageError(f"--node-rank must be between 0 and {self.nnodes - 1}")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise UsageError("--master-port must be a TCP port (1-65535)")
+
+    def torchrun_args(self) -> list[str]:
+        """torchrun's options: a standalone rendezvous on one machine; on several, the static
+        one, where --node-rank fixes which machine holds rank 0 (c10d's would order the machines
+        by host name)."""
+        if self.nnodes == 1:
+            return ["--standalone", f"--nproc-per-node={self.nproc}"]
+        port = [] if self.master_port is None else [f"--master-port={self.master_port}"]
+        return [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}", f"--master-addr={self.master_addr}", *port,
+                f"--nproc-per-node={self.nproc}"]
+
+
+def launch(settings: Launch, argv: list[str]) -> int:
+    """Run ``mtkit ARGV`` in ``settings.nproc`` processes through torchrun; return its exit
+    status."""
+    command = [sys.executable, "-m", "torch.distributed.run", *settings.torchrun_args(), "-m", "mtkit", *argv]
     # Ctrl-C reaches the workers directly (they save and stop); this process just waits.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -20,12 +20,11 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
@@ -33,8 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from mtkit import __version__
 from mtkit.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
 from mtkit.config import Recipe, TrainConfig, data_differences, set_option
-from mtkit.data.batching import BatchPlan, bucket_batches, make_batch, shuffled_batches
+from mtkit.data.batching import Batch, BatchPlan, Update, bucket_batches, shuffled_batches, updates
 from mtkit.data.dataset import DataDir
+from mtkit.data.prefetch import Prefetcher
 from mtkit.decoding import SearchOptions
 from mtkit.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from mtkit.errors import Interrupted, MtkitError, UsageError
@@ -173,52 +173,65 @@ class Trainer:
 
     # -- one update ------------------------------------------------------------------------
 
-    def train_step(self, indices: np.ndarray, lr: float) -> tuple[float, int, int]:
-        """One update on a global batch; this rank trains on its slice of the sentences.
-        Returns this rank's summed loss, its target tokens and its padded target positions."""
+    def train_step(self, update: Update, lr: float) -> tuple[float, int, int]:
+        """One update: this process's batches (``--accumulate`` of them, or fewer at the end of
+        an epoch), their gradients summed, then one optimiser step. Returns this process's summed
+        loss, its target tokens and its padded target positions."""
         self.network.train()
-        local = indices[self.dist.rank :: self.dist.world]
-        batch = make_batch(self.train_split, local, self.cfg.truncate).to(self.device)
-        global_tokens = self.train_split.target_tokens(indices, self.cfg.truncate)
-        with autocast(self.device, self.precision):
-            loss_sum, n_tokens = self.network(
-                batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, self.cfg.label_smoothing
-            )
-        # DDP averages gradients over ranks, so scale by world/global tokens: the update is
-        # exactly that of the mean loss over all the batch's tokens.
-        loss = loss_sum * (self.dist.world / global_tokens)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        # DDP averages gradients over processes, so scale by world/all tokens of the update:
+        # the update is exactly that of the mean loss over every token of every batch in it.
+        scale = 0.0 if update.stand_in else self.dist.world / update.tokens
+        loss, tokens, padded = torch.zeros((), device=self.device), 0, 0
+        for k, batch in enumerate(update.batches):
+            last = k == len(update.batches) - 1
+            # Gradients are exchanged once, after the last batch.
+            with nullcontext() if last or not self.dist.enabled else self.network.no_sync():
+                loss_sum, n_tokens = self.micro_step(batch.to(self.device), scale)
+            loss, tokens, padded = loss + loss_sum, tokens + n_tokens, padded + batch.tgt_out.numel()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm, foreach=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss_sum.detach()), n_tokens, batch.tgt_out.numel()
+        return (0.0, 0, 0) if update.stand_in else (float(loss), tokens, padded)
 
-    def advance(self, indices: np.ndarray, batches_in_epoch: int, started: float) -> tuple[float, bool]:
-        """Train on one batch and move the counters; return the learning rate used and whether
-        any rank was asked to stop. ``started`` is the clock reading at elapsed time zero."""
+    def micro_step(self, batch: Batch, scale: float) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one batch, its gradients added to those already there, its
+        loss sum multiplied by ``scale``; returns the loss sum (detached) and target tokens."""
+        with autocast(self.device, self.precision):
+            loss_sum, n_tokens = self.network(
+                batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, self.cfg.label_smoothing
+            )
+        self.scaler.scale(loss_sum * scale).backward()
+        return loss_sum.detach(), n_tokens
+
+    def advance(self, updates: Iterator[Update], started: float) -> tuple[float, bool]:
+        """Train on the next update and move the counters; return the learning rate used and
+        whether any process was asked to stop. ``started`` is the clock reading at elapsed time
+        zero."""
         state = self.state
-        lr = self.cfg.lr * self.schedule.factor(state.step + 1, self.fraction_done(batches_in_epoch))
         step_started = time.perf_counter()
-        loss, n_tokens, padded = self.train_step(indices, lr)
+        update = next(updates)
+        waited = time.perf_counter() - step_started
+        lr = self.cfg.lr * self.schedule.factor(state.step + 1, self.fraction_done(update.batches_in_epoch))
+        loss, n_tokens, padded = self.train_step(update, lr)
         state.step += 1
-        state.batch_in_epoch += 1
-        if state.batch_in_epoch == batches_in_epoch:
+        state.batch_in_epoch = update.end
+        if state.batch_in_epoch == update.batches_in_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        # One message agrees on the batch's totals, rank 0's clock and signals.
+        # One message agrees on the update's totals, rank 0's clock and signals.
         now = time.perf_counter()
         loss, n_tokens, padded, state.elapsed, signalled = all_sum(
             [loss, n_tokens, padded, now - started if self.dist.is_main else 0.0, float(bool(self.signalled))],
             self.dist, self.device,
         )
         state.target_tokens += int(n_tokens)
-        state.window.add(loss, int(n_tokens), int(padded), now - step_started)
+        state.window.add(loss, int(n_tokens), int(padded), now - step_started, waited)
         if self.board is not None:
             self.board.step(state.step, loss / max(1, n_tokens), lr, n_tokens / max(now - step_started, 1e-9))
-        fraction = self.fraction_done(batches_in_epoch)
+        fraction = self.fraction_done(update.batches_in_epoch)
         self.reporter.update(state.step, fraction, state.window)
         if state.step % self.cfg.log_every == 0:
             self.reporter.log_step(state.step, state.epoch, state.window, lr, state.elapsed, fraction)
@@ -226,52 +239,60 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def epoch_batches(self) -> BatchPlan:
-        """This epoch's batches (the same in every process and in a resumed run)."""
-        split, cfg, epoch, world = self.train_split, self.cfg, self.state.epoch, self.dist.world
+    def epoch_batches(self, epoch: int) -> BatchPlan:
+        """The batches of ``epoch`` (the same in every process and in a resumed run)."""
+        split, cfg = self.train_split, self.cfg
         if cfg.shuffled_batches:
-            batches = shuffled_batches(len(split), cfg.batch_size, cfg.seed, epoch, min_sentences=world)
+            batches = shuffled_batches(len(split), cfg.batch_size, cfg.seed, epoch)
         else:
             batches = bucket_batches(
-                split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.batch_size, cfg.seed,
-                epoch, cfg.truncate, min_sentences=world,
+                split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.batch_size, cfg.seed, epoch, cfg.truncate
             )
         if not batches:
             raise MtkitError(f"{self.data.path}: the training split is empty")
         return batches
 
+    def prefetch(self) -> Prefetcher[Update]:
+        """This process's updates from where the run stands, made ahead on a background thread
+        (in page-locked memory for a GPU)."""
+        state, dist, cuda = self.state, self.dist, self.device.type == "cuda"
+        items = updates(self.train_split, self.epoch_batches, state.epoch, state.batch_in_epoch,
+                        dist.world, dist.rank, self.cfg.accumulate, self.cfg.truncate)
+        return Prefetcher(items, prepare=Update.pin_memory if cuda else None,
+                          setup=(lambda: torch.cuda.set_device(self.device)) if cuda else None)
+
     def run(self) -> list[Validation]:
-        """Train until a limit, early stopping or a signal; return this call's validations."""
+        """Train until a limit, early stopping or a signal; return this call's validations.
+        Signals take effect between updates, never within one."""
         state, cfg = self.state, self.cfg
         self.reporter.log(self._start_line())
         history: list[Validation] = []
         started = time.perf_counter() - state.elapsed
         validated, lr = True, cfg.lr
-        with self._signals_caught(), self.reporter, self._tensorboard_open():
+        with self._signals_caught(), self.reporter, self._tensorboard_open(), self.prefetch() as updates:
             self.reporter.start(self.fraction_done(1))
             while not self.limit_reached():
-                batches = self.epoch_batches()
-                for indices in batches[state.batch_in_epoch :]:
-                    lr, signalled = self.advance(indices, len(batches), started)
-                    validated = self._validation_due(state.batch_in_epoch == 0)
-                    if validated:
-                        result, early_stop = self.validate(lr)
-                        history.append(result)
-                        if early_stop:
-                            self.reporter.log(f"early stopping: no better dev {cfg.stop_on} for {cfg.patience} validations")
-                            return history
-                    elif cfg.save_every and state.step % cfg.save_every == 0 and not signalled:
-                        self.save(numbered=True)
-                    if self.limit_reached():
-                        break
-                    if signalled:  # after a validation due at this step, so a resume misses nothing
-                        self._stop_on_signal()
+                lr, signalled = self.advance(updates, started)
+                validated = self._validation_due(state.batch_in_epoch == 0)
+                if validated:
+                    result, early_stop = self.validate(lr)
+                    history.append(result)
+                    if early_stop:
+                        self.reporter.log(f"early stopping: no better dev {cfg.stop_on} for {cfg.patience} validations")
+                        return history
+                elif cfg.save_every and state.step % cfg.save_every == 0 and not signalled:
+                    self.save(numbered=True)
+                if signalled and not self.limit_reached():  # after a validation due at this step
+                    self._stop_on_signal()
             if not validated:
                 history.append(self.validate(lr, final=True)[0])
         return history
 
     def _start_line(self) -> str:
-        processes = f", {self.dist.world} processes" if self.dist.enabled else ""
+        world, accumulate = self.dist.world, self.cfg.accumulate
+        processes = f", {world} processes" if world > 1 else ""
+        if world * accumulate > 1:
+            processes += f", {world * accumulate} batches per update"
         return (
             f"{f'resuming at step {self.state.step}' if self.state.step else 'training'}: "
             f"{count_parameters(self.model):,} parameters, {len(self.train_split):,} pairs, "
@@ -331,26 +352,27 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------
 
     def validate(self, lr: float, final: bool = False) -> tuple[Validation, bool]:
-        """Score the dev set (rank 0) and save; return the result and whether to stop early.
-        A ``final`` validation (at the limit) leaves patience and the plateau schedule alone."""
+        """Score the dev set (every rank a slice) and save; return the result and whether to stop
+        early. A ``final`` validation (at the limit) leaves patience and the plateau schedule alone."""
         state, window = self.state, self.state.window
         result = Validation(
             step=state.step, epoch=state.epoch, elapsed=round(state.elapsed, 1), target_tokens=state.target_tokens,
             train_loss=window.mean_loss, dev_loss=math.nan, dev_bleu=math.nan, dev_chrf=math.nan, lr=lr,
             tokens_per_second=window.speed, padding=window.padding, final=final,
         )
+        waited = window.waited_share
         if not final:  # a run continued after its limit reports the same train loss as a longer one
             state.window = Window()
-        score = -math.inf
-        if self.dist.is_main:
-            scores = self.dev.score(self.model, self.device, self.precision)
+        score = 0.0
+        scores = self.dev.score(self.model, self.device, self.precision, self.dist)
+        if scores is not None:  # rank 0, which gathered every rank's slice
             result.dev_loss, result.dev_bleu, result.dev_chrf = scores.loss, scores.bleu, scores.chrf
             if self.board is not None:
                 examples = self.dev.examples(scores.translations, EXAMPLES)
                 self.board.validation(state.step, scores.loss, scores.bleu, scores.chrf, examples)
             score = {"bleu": scores.bleu, "chrf": scores.chrf, "loss": -scores.loss}[self.cfg.stop_on]
-        # Rank 0 scores; every rank keeps the same schedule and early-stopping state.
-        score = all_sum([score if self.dist.is_main else 0.0], self.dist, self.device)[0]
+        # Every rank keeps the same schedule and early-stopping state.
+        score = all_sum([score], self.dist, self.device)[0]
         best = score > state.best_score
         state.best_score = max(state.best_score, score)
         stop = False
@@ -363,7 +385,7 @@ class Trainer:
         self.save(best=best, numbered=True)
         if self.dist.is_main:
             append_json_line(self.run_dir / "metrics.jsonl", asdict(result))
-            self.reporter.log_validation(result, best)
+            self.reporter.log_validation(result, best, waited)
         return result, stop
 
     # -- checkpoints -----------------------------------------------------------------------

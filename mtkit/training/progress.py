@@ -15,18 +15,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 @dataclass
 class Window:
     """What the steps since the last validation trained on: summed loss, target tokens, padded
-    target positions and seconds. Saved in last.pt, so a resumed run reports the same train loss."""
+    target positions, seconds, and the seconds of those that rank 0 waited for its batches.
+    Saved in last.pt, so a resumed run reports the same train loss."""
 
     loss: float = 0.0
     tokens: int = 0
     padded: int = 0
     seconds: float = 0.0
+    waited: float = 0.0
 
-    def add(self, loss: float, tokens: int, padded: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int, padded: int, seconds: float, waited: float = 0.0) -> None:
         self.loss += loss
         self.tokens += tokens
         self.padded += padded
         self.seconds += seconds
+        self.waited += waited
 
     @property
     def mean_loss(self) -> float:
@@ -36,6 +39,11 @@ class Window:
     def speed(self) -> float:
         """Target tokens per second."""
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def waited_share(self) -> float:
+        """The fraction of the time that training waited for batches to be made."""
+        return self.waited / self.seconds if self.seconds else 0.0
 
     @property
     def padding(self) -> float:
@@ -89,12 +97,14 @@ class Reporter:
         left = f", about {clock(elapsed * (1 - fraction) / fraction)} to go" if fraction > 0 else ""
         self.log(f"step {step} epoch {epoch} | {window.summary()} | lr {lr:.2e} | {clock(elapsed)}{left}")
 
-    def log_validation(self, result: Any, improved: bool) -> None:
+    def log_validation(self, result: Any, improved: bool, waited: float = 0.0) -> None:
+        """The validation's line; ``waited``: the share of the training time since the last one
+        spent waiting for batches."""
         self.log(
             f"validation step {result.step} epoch {result.epoch}: dev loss {result.dev_loss:.3f} | "
             f"dev BLEU {result.dev_bleu:.2f} | dev chrF {result.dev_chrf:.1f}{' (best)' if improved else ''} | "
             f"train loss {result.train_loss:.3f} | {result.tokens_per_second:,.0f} tok/s | "
-            f"pad {result.padding:.1%} | {clock(result.elapsed)}"
+            f"pad {result.padding:.1%} | waited for batches {waited:.1%} | {clock(result.elapsed)}"
         )
 
     def close(self) -> None:

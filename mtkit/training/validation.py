@@ -1,5 +1,10 @@
 """Scoring the dev split during training: teacher-forced loss, and BLEU and chrF of searched
-translations against every reference of each dev source."""
+translations against every reference of each dev source.
+
+In distributed training every process translates and scores a slice of the dev set and
+process 0 puts the pieces together in order: the same translations (a sentence's translation
+never depends on its batch) and the same sums, added in the same order, as one process alone.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from mtkit.decoding import SearchOptions, decode
 from mtkit.device import autocast
 from mtkit.evaluation import corpus_bleu_chrf
 from mtkit.models.seq2seq import Seq2Seq
+from mtkit.training.distributed import Distributed, gather_objects
+
+LOSS_BATCH_TOKENS = 4000
 
 
 @dataclass
@@ -35,24 +43,39 @@ class DevSet:
         self.sources = self.split.first_of_each_group()  # translate each dev source once
 
     @torch.no_grad()
-    def loss(self, model: Seq2Seq, device: torch.device, precision: str) -> float:
-        """Mean cross-entropy per target token (``<eos>`` included), without label smoothing."""
+    def loss_terms(
+        self, model: Seq2Seq, device: torch.device, precision: str, dist: Distributed
+    ) -> list[tuple[int, float, int]]:
+        """(batch number, summed cross-entropy, target tokens) of this process's share of the
+        dev batches: ``<eos>`` included, no label smoothing."""
         model.eval()
-        total, tokens = 0.0, 0
         lengths = self.split.src_lengths, self.split.tgt_lengths
-        for indices in bucket_batches(*lengths, batch_tokens=4000, truncate=self.truncate):
-            batch = make_batch(self.split, indices, self.truncate).to(device)
+        plan = bucket_batches(*lengths, batch_tokens=LOSS_BATCH_TOKENS, truncate=self.truncate)
+        terms = []
+        for k in range(dist.rank, len(plan), dist.world):
+            batch = make_batch(self.split, plan[k], self.truncate).to(device)
             with autocast(device, precision):
                 loss, n = model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
-            total, tokens = total + float(loss), tokens + n
-        return total / max(1, tokens)
+            terms.append((k, float(loss), n))
+        return terms
 
-    def score(self, model: Seq2Seq, device: torch.device, precision: str) -> DevScores:
+    def score(
+        self, model: Seq2Seq, device: torch.device, precision: str, dist: Distributed = Distributed()
+    ) -> DevScores | None:
+        """The dev scores, on process 0 (None on the others, which score their slices for it)."""
         with autocast(device, precision):
-            hyps = decode(model, self.sources, self.search, device=device)
-        outputs = [self.tgt.decode(nbest[0].tokens) for nbest in hyps]
+            hyps = decode(model, self.sources[dist.rank :: dist.world], self.search, device=device)
+        mine = [nbest[0].tokens for nbest in hyps], self.loss_terms(model, device, precision, dist)
+        pieces = gather_objects(mine, dist)
+        if not dist.is_main:
+            return None
+        outputs: list[str] = [""] * len(self.sources)
+        for rank, (tokens, _) in enumerate(pieces):
+            outputs[rank :: dist.world] = [self.tgt.decode(t) for t in tokens]
         bleu, chrf = corpus_bleu_chrf(outputs, self.references)
-        return DevScores(self.loss(model, device, precision), bleu, chrf, outputs)
+        terms = sorted(term for _, part in pieces for term in part)
+        loss, tokens = sum(t[1] for t in terms), sum(t[2] for t in terms)
+        return DevScores(loss / max(1, tokens), bleu, chrf, outputs)
 
     def examples(self, translations: list[str], count: int) -> list[tuple[str, str, str]]:
         """The first ``count`` dev sources with their first reference and ``translations``."""

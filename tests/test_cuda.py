@@ -1,5 +1,8 @@
-"""CUDA paths: training steps in bf16/fp16 with autocast and the gradient scaler, and search on
-the GPU giving the CPU's results. Skipped where no GPU is present."""
+"""CUDA paths: training steps in bf16/fp16 with autocast and the gradient scaler, batches made
+ahead in pinned memory, and search on the GPU giving the CPU's results. Skipped where no GPU is
+present."""
+
+import math
 
 import pytest
 import torch
@@ -21,6 +24,26 @@ def test_training_on_cuda(reverse_data, tmp_path, precision):
     losses = [float(line.split("dev loss ")[1].split(" ")[0]) for line in (run / "train.log").read_text().splitlines() if "validation" in line]
     assert losses[-1] < losses[0]
     assert (run / "best.pt").is_file()
+
+
+def test_batches_made_ahead_are_pinned_and_train_on_the_gpu(reverse_data, tmp_path):
+    from rich.console import Console
+
+    from mtkit.config import Recipe, set_option
+    from mtkit.data.dataset import DataDir
+    from mtkit.training.loop import Trainer
+
+    recipe = Recipe()
+    for dotted, value in {"model.embed": 16, "model.hidden": 16, "train.device": "cuda", "train.accumulate": 2}.items():
+        set_option(recipe, dotted, value)
+    trainer = Trainer(recipe, DataDir(reverse_data), tmp_path, Console(quiet=True))
+    with trainer.prefetch() as updates:
+        for _ in range(3):
+            update = next(updates)
+            assert len(update.batches) == 2 and all(b.src.is_pinned() and b.tgt_out.is_pinned() for b in update.batches)
+            loss, tokens, _ = trainer.train_step(update, lr=1e-3)
+            assert tokens == update.tokens and math.isfinite(loss)
+    trainer.reporter.close()
 
 
 def test_search_on_cuda_matches_cpu(reverse_data, tmp_path):

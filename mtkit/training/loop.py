@@ -140,8 +140,9 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + self.dist.rank)
         if not self.dist.enabled:
             return model, model
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return model, DistributedDataParallel(model, device_ids=device_ids)
+        # No device_ids: DDP would copy every input to the GPU, the source lengths too, which
+        # packing then copies back (Batch.to keeps them on the CPU).
+        return model, DistributedDataParallel(model)
 
     # -- limits ----------------------------------------------------------------------------
 
@@ -255,11 +256,14 @@ class Trainer:
     def prefetch(self) -> Prefetcher[Update]:
         """This process's updates from where the run stands, made ahead on a background thread
         (in page-locked memory for a GPU)."""
-        state, dist, cuda = self.state, self.dist, self.device.type == "cuda"
+        state, dist = self.state, self.dist
         items = updates(self.train_split, self.epoch_batches, state.epoch, state.batch_in_epoch,
                         dist.world, dist.rank, self.cfg.accumulate, self.cfg.truncate)
-        return Prefetcher(items, prepare=Update.pin_memory if cuda else None,
-                          setup=(lambda: torch.cuda.set_device(self.device)) if cuda else None)
+        if self.device.type != "cuda":
+            return Prefetcher(items)
+        # The thread's CUDA calls (pinning) go to this process's GPU, not to GPU 0.
+        gpu = torch.cuda.current_device() if self.device.index is None else self.device.index
+        return Prefetcher(items, prepare=Update.pin_memory, setup=lambda: torch.cuda.set_device(gpu))
 
     def run(self) -> list[Validation]:
         """Train until a limit, early stopping or a signal; return this call's validations.

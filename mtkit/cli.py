@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -22,9 +22,6 @@ from rich.console import Console
 from mtkit import __version__
 from mtkit.config import SECTIONS, Recipe, load_recipe, parse_extra_overrides, recipe_keys, set_option
 from mtkit.errors import Interrupted, MtkitError, UsageError
-
-if TYPE_CHECKING:
-    from mtkit.training.distributed import Launch
 
 app = typer.Typer(
     name="mtkit",
@@ -234,11 +231,11 @@ def train(
     log_every: Annotated[Optional[int], _setting("train.log_every", "Log a progress line every N steps.")] = None,
     device: Annotated[Optional[str], _setting("train.device", "auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
     precision: Annotated[Optional[str], _setting("train.precision", "auto (bf16 on GPUs with native bf16, else fp32), fp32, bf16 or fp16 (CUDA).")] = None,
-    nproc: Annotated[Optional[int], typer.Option(help="Train in N processes on this machine, one per GPU (DistributedDataParallel via torchrun).")] = None,
-    nnodes: Annotated[Optional[int], typer.Option(help="Train on M machines, each running this command with its --node-rank (and --nproc).")] = None,
-    node_rank: Annotated[Optional[int], typer.Option(help="With --nnodes: this machine's number, 0 to M-1; machine 0 writes the run directory.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train in N processes on this machine, one per GPU (DistributedDataParallel via torchrun).")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(min=1, help="Train on M machines, each running this command with its --node-rank (and --nproc).")] = None,
+    node_rank: Annotated[Optional[int], typer.Option(min=0, help="With --nnodes: this machine's number, 0 to M-1; machine 0 writes the run directory.")] = None,
     master_addr: Annotated[Optional[str], typer.Option(help="With --nnodes: the address of machine 0, which the others reach.")] = None,
-    master_port: Annotated[Optional[int], typer.Option(help="With --nnodes: a free TCP port on machine 0 \\[default: 29500].")] = None,
+    master_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="With --nnodes: a free TCP port on machine 0 \\[default: 29500].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory when the new run ends; until then it trains in RUN_DIR.new.")] = False,
 ) -> None:
     """Train a model; the first limit reached (--max-epochs/--max-steps/--max-time) ends it.
@@ -248,14 +245,10 @@ def train(
     """
     from mtkit.training.loop import resume as resume_training, train as run_training
 
-    from mtkit.training.distributed import Launch
-
     values = locals()
-    processes = Launch(nproc or 1, nnodes or 1, node_rank, master_addr, master_port)
-    processes.check()
-    if processes.world > 1:
-        _launch_processes(processes, resume)
-    elif resume is not None:
+    if _launched(values):
+        return
+    if resume is not None:
         resume_training(resume, _resume_limits(values, ctx), stderr, tensorboard)
     else:
         config, data_keys = _train_recipe(values, ctx)
@@ -284,16 +277,21 @@ def _parent(values: dict[str, Any], ctx: typer.Context, config: Recipe):
 _LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
-def _launch_processes(processes: Launch, resume: Optional[Path]) -> None:
-    """Run this very command line, without the launch options, in ``processes.nproc`` processes
-    through torchrun (on each of ``processes.nnodes`` machines)."""
+def _launched(values: dict[str, Any]) -> bool:
+    """With several processes (--nproc, --nnodes): run this very command line, without the
+    launch options, in ``--nproc`` processes through torchrun, and say so."""
     from mtkit.rundir import RunDir
-    from mtkit.training.distributed import launch
+    from mtkit.training.distributed import Launch, launch
 
+    machine = (values[key] for key in ("node_rank", "master_addr", "master_port"))
+    processes = Launch(values["nproc"] or 1, values["nnodes"] or 1, *machine)
+    processes.check()
+    if processes.world == 1:
+        return False
     if "LOCAL_RANK" in os.environ:
         raise UsageError("already started by torchrun: drop --nproc/--nnodes (torchrun sets the processes)")
-    if resume is not None:
-        RunDir(resume).check_processes(processes.world)
+    if values["resume"] is not None:
+        RunDir(values["resume"]).check_processes(processes.world)
     argv, args = [], iter(a for a in sys.argv[1:] if a != "--debug")
     for arg in args:
         if arg in _LAUNCH_FLAGS:
@@ -303,6 +301,7 @@ def _launch_processes(processes: Launch, resume: Optional[Path]) -> None:
     code = launch(processes, argv)
     if code:
         raise typer.Exit(code)
+    return True
 
 
 def _resume_limits(values: dict[str, Any], ctx: typer.Context) -> dict[str, Any]:

@@ -91,20 +91,17 @@ class Launch:
         return self.nproc * self.nnodes
 
     def check(self) -> None:
-        if self.nproc < 1 or self.nnodes < 1:
-            raise UsageError("--nproc and --nnodes must be at least 1")
+        """Refuse options that do not go together (the command line checks each one's range)."""
         if self.nnodes == 1:
             if self.node_rank is not None or self.master_addr is not None or self.master_port is not None:
                 raise UsageError(
-                "--node-rank, --master-addr and --master-port are for training on several machines (--nnodes M)"
-            )
+                    "--node-rank, --master-addr and --master-port are for training on several machines (--nnodes M)"
+                )
             return
         if self.node_rank is None or self.master_addr is None:
             raise UsageError("--nnodes needs --node-rank R (0 on the machine at --master-addr) and --master-addr HOST")
-        if not 0 <= self.node_rank < self.nnodes:
+        if self.node_rank >= self.nnodes:
             raise UsageError(f"--node-rank must be between 0 and {self.nnodes - 1}")
-        if self.master_port is not None and not 0 < self.master_port < 65536:
-            raise UsageError("--master-port must be a TCP port (1-65535)")
 
     def torchrun_args(self) -> list[str]:
         """torchrun's options: a standalone rendezvous on one machine; on several, the static

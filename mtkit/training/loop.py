@@ -1,7 +1,8 @@
 """The training loop: batches in, gradients out, validation and checkpoints along the way.
 
-No framework sits between the loop and the tensors: a step is forward, masked loss, backward,
-global-norm clipping, Adam. Validation (dev loss, dev BLEU and chrF) runs every epoch or every
+No framework sits between the loop and the tensors: a step is forward, masked loss and backward
+for each of its batches (``accumulate`` per process), global-norm clipping, Adam; a background
+thread makes the coming steps' batches meanwhile (``mtkit.data.prefetch``). Validation (dev loss, dev BLEU and chrF) runs every epoch or every
 ``valid_every`` steps; ``best.pt`` keeps the best model by ``stop_on``, ``last.pt`` the whole
 state (model, optimiser, schedule, random state, position in the epoch, counters), so a run
 stopped and resumed continues exactly where it stopped.

@@ -119,7 +119,7 @@ def preprocess(
     allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="Keep a source even when most of its lines are skipped (stop with an error otherwise).")] = False,
     max_expanded_size: Annotated[str, typer.Option(help="Refuse a compressed file or zip member that expands beyond this (e.g. 500M, 64G).")] = "64G",
     max_expand_ratio: Annotated[float, typer.Option(help="Refuse compressed data that expands more than this many times (a likely decompression bomb).")] = 200.0,
-    tokenizers_from: Annotated[Optional[Path], typer.Option(help="Encode with this trained run's tokenisers and vocabularies, to fine-tune it (`mtkit train --init RUN_DIR`); settings that would change them are refused.")] = None,
+    tokenizers_from: Annotated[Optional[Path], typer.Option(help="Encode with the tokenisers and vocabularies of this trained run (or .mtkit file from `mtkit export`), to fine-tune it (`mtkit train --init`); settings that would change them are refused.")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Turn raw parallel text into a data directory: split, normalise, tokenise, encode."""
@@ -187,8 +187,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     recipe: RecipeOpt = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from its last.pt with its saved config (raise limits with --max-*).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's weights and model settings, with a fresh optimiser and schedule (--data encoded with `mtkit preprocess --tokenizers-from RUN_DIR`).")] = None,
-    init_checkpoint: Annotated[Optional[str], typer.Option(help="With --init: best (default), last, or a checkpoint file of that run.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's (or .mtkit file's) weights and model settings, with a fresh optimiser and schedule (--data encoded with `mtkit preprocess --tokenizers-from`).")] = None,
+    init_checkpoint: Annotated[Optional[str], typer.Option(help="With --init RUN_DIR: best (default), last, or a checkpoint file of that run.")] = None,
     tensorboard: Annotated[Optional[Path], typer.Option(help="Also log to TensorBoard in this directory: training loss, learning rate, tokens/s, dev scores, example translations (needs: pip install 'mtkit\\[tensorboard]').")] = None,
     cell: Annotated[Optional[str], _setting("model.cell", "gru or lstm.")] = None,
     impl: Annotated[Optional[str], _setting("model.impl", "fused (nn.GRU/nn.LSTM kernels) or scratch (the chapter's gate equations).")] = None,

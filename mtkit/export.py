@@ -41,9 +41,7 @@ def export_run(
     run = RunDir(run_dir)
     weights, origin = chosen_weights(run, checkpoint, average)
     run.build_model(weights, f"{run.path} ({origin})")  # the weights fit the configuration
-    files = {
-        info[key]: (run.path / info[key]).read_bytes() for info in run.tokenizers.values() for key in ("file", "vocab")
-    }
+    files = {info[key]: run.file(info[key]) for info in run.tokenizers.values() for key in ("file", "vocab")}
     config = {key: value for key, value in run.raw.items() if key != "data_dir"}  # a path on this machine
     summary = {**run.summary(), "weights": origin, "exported_with": __version__}
     output.parent.mkdir(parents=True, exist_ok=True)

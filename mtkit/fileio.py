@@ -75,6 +75,14 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"not valid JSON ({exc})", path) from None
 
 
+def read_bytes(path: str | Path, what: str = "file") -> bytes:
+    """A whole (small) file's bytes; a missing one is a ``DataError`` naming it as ``what``."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", path) from None
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in blocks."""
     digest = hashlib.new(algorithm)

@@ -47,7 +47,8 @@ class SavedModel:
     def tokenizer(self, side: str) -> Tokenizer:
         """The ``src`` or ``tgt`` tokeniser (read once)."""
         if side not in self._loaded:
-            self._loaded[side] = self._read_tokenizer(side)
+            info = self.tokenizers[side]
+            self._loaded[side] = tokenizer_from_bytes(info["kind"], self.file(info["file"]), self.where(info["file"]))
         return self._loaded[side]
 
     def processor(self, side: str) -> TextProcessor:
@@ -77,7 +78,12 @@ class SavedModel:
         return model.to(device).eval()
 
     # What each kind of saved model reads its own way.
-    def _read_tokenizer(self, side: str) -> Tokenizer:
+    def file(self, name: str) -> bytes:
+        """One of the tokeniser and vocabulary files (named in ``tokenizers``): its bytes."""
+        raise NotImplementedError
+
+    def where(self, name: str) -> str:
+        """Where that file is, for messages."""
         raise NotImplementedError
 
     def weights(self, checkpoint: str | None, device: str | torch.device) -> tuple[dict[str, Any], str]:
@@ -108,9 +114,11 @@ class ModelFile(SavedModel):
         self.content = content
         super().__init__(path, content["config"], f"{path} (config)")
 
-    def _read_tokenizer(self, side: str) -> Tokenizer:
-        info = self.tokenizers[side]
-        return tokenizer_from_bytes(info["kind"], self.content["files"][info["file"]], f"{self.path}:{info['file']}")
+    def file(self, name: str) -> bytes:
+        return self.content["files"][name]
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{name}"
 
     def weights(self, checkpoint: str | None, device: str | torch.device) -> tuple[dict[str, Any], str]:
         if checkpoint is not None:
@@ -120,10 +128,6 @@ class ModelFile(SavedModel):
 
     def summary(self) -> dict[str, Any]:
         return self.content["summary"]
-
-    def files(self) -> dict[str, bytes]:
-        """The tokeniser and vocabulary files, by name."""
-        return self.content["files"]
 
 
 def write_model_file(

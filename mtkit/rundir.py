@@ -23,9 +23,8 @@ from mtkit import __version__
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import Recipe, TrainConfig
 from mtkit.data.dataset import DataDir
-from mtkit.data.tokenizers import Tokenizer, load_tokenizer
 from mtkit.errors import MtkitError, UsageError
-from mtkit.fileio import check_output_dir, read_json, replace_dir, write_json
+from mtkit.fileio import check_output_dir, read_bytes, read_json, replace_dir, write_json
 from mtkit.modelfile import ModelFile, SavedModel
 from mtkit.plotting import read_metrics
 
@@ -134,9 +133,11 @@ class RunDir(SavedModel):
         """Record changed training settings (the raised limits of a resumed run)."""
         write_json(self.path / "config.json", {**self.raw, "train": asdict(train)})
 
-    def _read_tokenizer(self, side: str) -> Tokenizer:
-        info = self.tokenizers[side]
-        return load_tokenizer(info["kind"], self.path / info["file"])
+    def file(self, name: str) -> bytes:
+        return read_bytes(self.path / name, "tokeniser file")
+
+    def where(self, name: str) -> str:
+        return str(self.path / name)
 
     def checkpoint_path(self, name: str | None = None) -> Path:
         """``best`` (default), ``last``, another checkpoint of the run by name (``averaged``,

@@ -60,7 +60,7 @@ def test_the_file_holds_config_tokenisers_weights_and_summary(run, exported):
     model_file = ModelFile(exported)
     config = json.loads((run / "config.json").read_text())
     assert model_file.raw == {k: v for k, v in config.items() if k != "data_dir"}
-    assert model_file.files()["vocab.fr.txt"] == (run / "vocab.fr.txt").read_bytes()
+    assert model_file.file("vocab.fr.txt") == (run / "vocab.fr.txt").read_bytes()
     best = load_checkpoint(run / "best.pt")["model"]
     assert all(torch.equal(model_file.content["model"][name], best[name]) for name in best)
     summary = model_file.summary()

@@ -1,6 +1,7 @@
 """Fine-tuning through the CLI: `mtkit preprocess --tokenizers-from RUN_DIR` encodes new data with
 a run's vocabularies, `mtkit train --init RUN_DIR` starts from its weights with its model
-settings, and every combination that cannot work is refused before anything is written."""
+settings (an exported `.mtkit` file serving for RUN_DIR in both), and every combination that
+cannot work is refused before anything is written."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_error, run_cli
 from synthetic import make_task, write_tsv
 from mtkit.checkpoint import load_checkpoint, save_checkpoint
+from mtkit.fileio import file_digest
+from mtkit.modelfile import ModelFile
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,14 @@ def copy_data(tiny_run, copy_corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    """``tiny_run`` in one file (its best checkpoint)."""
+    path = tmp_path_factory.mktemp("exported") / "model.mtkit"
+    run_cli("export", tiny_run, "-o", path)
+    return path
+
+
 def fine_tune(parent: Path, data: Path, out: Path, *extra: str, check: bool = True):
     return run_cli("train", "--init", parent, "--data", data, "--out", out, "--max-steps", "1", *extra, check=check)
 
@@ -36,13 +47,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_tokenizers_from_encodes_with_the_runs_vocabularies(tiny_run, copy_data):
-    config = json.loads((tiny_run / "config.json").read_text())
-    manifest = json.loads((copy_data / "manifest.json").read_text())
-    assert manifest["tokenizers_from"] == str(tiny_run.resolve())
+def encoded_with_tokenizers_of(data: Path, run: Path, origin: Path) -> dict:
+    """Check that ``data``, made with ``--tokenizers-from origin``, holds ``run``'s tokeniser
+    files byte for byte; return its manifest."""
+    config = json.loads((run / "config.json").read_text())
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["tokenizers_from"] == str(origin.resolve())
     assert manifest["tokenizers"] == config["tokenizers"]
     for info in config["tokenizers"].values():
-        assert (copy_data / info["file"]).read_bytes() == (tiny_run / info["file"]).read_bytes()
+        assert (data / info["file"]).read_bytes() == (run / info["file"]).read_bytes()
+    return manifest
+
+
+def test_tokenizers_from_encodes_with_the_runs_vocabularies(tiny_run, copy_data):
+    manifest = encoded_with_tokenizers_of(copy_data, tiny_run, tiny_run)
     # the run's vocabulary settings, although none was given (mtkit's defaults differ)
     assert manifest["options"]["tokenizer"] == "word" and manifest["options"]["min_freq"] == 1
 
@@ -98,7 +116,7 @@ def test_changed_model_settings_are_refused_naming_each(tiny_run, copy_data, tmp
     assert not (tmp_path / "ft").exists()
 
 
-def test_data_with_other_tokenizers_is_refused_naming_both(tiny_run, copy_corpus, tmp_path):
+def test_data_with_other_tokenizers_is_refused_naming_both(tiny_run, exported, copy_corpus, tmp_path):
     other = tmp_path / "other"
     run_cli("preprocess", copy_corpus, "--tokenizer", "word", "--min-freq", "1", "--dev-size", "50",
             "--test-size", "50", "--out", other)
@@ -109,6 +127,9 @@ def test_data_with_other_tokenizers_is_refused_naming_both(tiny_run, copy_corpus
     assert str(other) in error and str(tiny_run) in error
     assert f"{other / 'vocab.en.txt'}" in error and f"{tiny_run / 'vocab.en.txt'}" in error
     assert "--tokenizers-from" in error
+    assert not (tmp_path / "ft").exists()
+    error = cli_error("train", "--init", exported, "--data", other, "--out", tmp_path / "ft", status=2)
+    assert f"{other / 'vocab.en.txt'}" in error and f"{exported}:vocab.en.txt" in error
     assert not (tmp_path / "ft").exists()
 
 
@@ -137,6 +158,42 @@ def test_fine_tuning_usage_errors(tiny_run, copy_data, tmp_path):
         result = run_cli(*args, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "ft").exists()
+
+
+def test_tokenizers_from_a_model_file_encode_as_its_run_and_fine_tune_the_run(tiny_run, exported, copy_corpus, copy_data, tmp_path):
+    new = tmp_path / "new"
+    run_cli("preprocess", copy_corpus, "--tokenizers-from", exported, "--dev-size", "50", "--test-size", "50", "--out", new)
+    manifest = encoded_with_tokenizers_of(new, tiny_run, exported)
+    for split in ("train", "dev", "test"):  # the same ids as the data made with --tokenizers-from RUN_DIR
+        assert json.loads((copy_data / "manifest.json").read_text())["splits"][split] == manifest["splits"][split]
+        for side in ("src", "tgt"):
+            assert (new / f"{split}.{side}.ids").read_bytes() == (copy_data / f"{split}.{side}.ids").read_bytes()
+    fine_tune(tiny_run, new, tmp_path / "ft")  # the run accepts data encoded with its exported file
+    assert (tmp_path / "ft" / "last.pt").is_file()
+
+
+def test_fine_tuning_from_a_model_file_starts_from_its_weights(tiny_run, exported, copy_data, tmp_path):
+    # data encoded with the run's tokenisers, fine-tuned from the run's exported file
+    fine_tune(exported, copy_data, tmp_path / "ft", "--lr", "0")
+    started, parent = weights(tmp_path / "ft" / "last.pt"), ModelFile(exported).content["model"]
+    assert started.keys() == parent.keys()
+    assert all(torch.equal(started[k], parent[k]) for k in parent)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["model"] == json.loads((tiny_run / "config.json").read_text())["model"]
+    assert config["parent"] == {
+        "model_file": str(exported.resolve()),
+        "sha256": file_digest(exported),
+        "step": load_checkpoint(tiny_run / "best.pt")["progress"]["step"],
+    }
+
+
+def test_a_model_file_refuses_init_checkpoint_and_changed_model_settings(exported, copy_data, tmp_path):
+    error = cli_error("train", "--init", exported, "--init-checkpoint", "last", "--data", copy_data,
+                      "--out", tmp_path / "ft", status=2)
+    assert "--init-checkpoint" in error and str(exported) in error and "one set of weights" in error
+    error = cli_error("train", "--init", exported, "--hidden", "32", "--data", copy_data, "--out", tmp_path / "ft", status=2)
+    assert error.startswith("--init") and "--hidden 32 (" in error
     assert not (tmp_path / "ft").exists()
 
 

@@ -19,6 +19,7 @@ import sentencepiece as spm
 from mtkit.data.normalize import normalize, restore_spacing
 from mtkit.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 from mtkit.errors import DataError
+from mtkit.fileio import read_bytes
 
 TOKENIZERS = ("word", "sentencepiece")
 # SentencePiece's model depends on how many threads trained it: a fixed count makes the same data
@@ -201,10 +202,7 @@ class TokenizerPair:
 
 
 def load_tokenizer(kind: str, path: str | Path) -> WordTokenizer | SentencePieceTokenizer:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{'vocabulary file' if kind == 'word' else 'SentencePiece model'} not found", path) from None
+    data = read_bytes(path, "vocabulary file" if kind == "word" else "SentencePiece model")
     return tokenizer_from_bytes(kind, data, path)
 
 

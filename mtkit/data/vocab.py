@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mtkit.errors import DataError
-from mtkit.fileio import write_lines
+from mtkit.fileio import read_bytes, write_lines
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD, UNK, BOS, EOS = range(len(SPECIALS))
@@ -55,10 +55,7 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        try:
-            return cls.from_bytes(Path(path).read_bytes(), path)
-        except FileNotFoundError:
-            raise DataError("vocabulary file not found", path) from None
+        return cls.from_bytes(read_bytes(path, "vocabulary file"), path)
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: object) -> Vocab:

@@ -39,7 +39,10 @@ def run_measured(command: list, *, stdin: Path | None = None, stdout: Path | Non
     with open(stdin or os.devnull, "rb") as source, open(stdout or os.devnull, "wb") as sink, \
             open(log or os.devnull, "ab") as errors:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdin=source, stdout=sink, stderr=errors)
+        # A command run in the background (`make bench-peers &`) inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: give the child the default back.
+        process = subprocess.Popen(command, stdin=source, stdout=sink, stderr=errors,
+                                   preexec_fn=_default_sigint if until else None)
         timer = threading.Timer(timeout, process.kill) if timeout else None
         if timer:
             timer.start()
@@ -60,6 +63,10 @@ def run_measured(command: list, *, stdin: Path | None = None, stdout: Path | Non
     if code != 0 and not (until is not None and code in (-signal.SIGINT, 130)):
         raise RuntimeError(f"{shlex.join(command)} failed ({code}){f'; see {log}' if log else ''}")
     return seconds, usage.ru_maxrss / 1024
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def decode_speed(command: list, sources: Path, work: Path, name: str,

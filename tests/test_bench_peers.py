@@ -123,6 +123,15 @@ def test_run_measured_memory_timeout_and_interrupt(tmp_path):
 
     measure.run_measured([sys.executable, script], stdout=tmp_path / "out.txt", until=stop_when_ready)
     assert (tmp_path / "out.txt").read_text() == "saved\n"
+    # Started in the background (`make bench-peers &`), the benchmark inherits SIGINT ignored;
+    # the child must still get it.
+    ready.unlink()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seconds, _ = measure.run_measured([sys.executable, script], stdout=tmp_path / "out.txt", until=stop_when_ready)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "out.txt").read_text() == "saved\n" and seconds < 20
 
 
 def test_decode_speed_checks_one_line_per_input(tmp_path):

@@ -63,6 +63,34 @@ def test_batches_group_by_options_fill_up_to_max_batch_and_keep_arrival_order():
     assert batcher.stats()["requests_per_decode"] == {"1": 3, "2": 1}
 
 
+def test_under_load_requests_sent_after_a_decode_join_those_that_waited_through_it():
+    """Closed-loop clients: the answered ones re-send while the others still wait. The window
+    counts from the decoder's release, so both are decoded together, not in turns."""
+    decoder = HeldDecoder()
+    batcher = Batcher(decoder, max_batch=4, max_wait=1.0)
+    batcher.start()
+
+    async def scenario():
+        held = submit(batcher, "h", "g", 1)
+        await until(lambda: batcher.stats()["decoding"])
+        warm = [submit(batcher, f"w{i}", "g", 1) for i in range(3)]
+        decoder.gate.set()  # h alone, then w0-w2 together: concurrent traffic from now on
+        await asyncio.gather(held.future, *(job.future for job in warm))
+        decoder.gate.clear()
+        first = submit(batcher, "d", "g", 1)
+        await until(lambda: batcher.stats()["decoding"])
+        waited = submit(batcher, "e1", "g", 1)
+        await asyncio.sleep(1.2)  # e1 is now older than the window
+        decoder.gate.set()
+        await first.future
+        resent = submit(batcher, "e2", "g", 1)  # a client answered by that decode
+        return await asyncio.gather(waited.future, resent.future)
+
+    assert asyncio.run(scenario()) == ["done e1", "done e2"]
+    batcher.close()
+    assert decoder.calls[-1] == ["e1", "e2"]
+
+
 def test_the_queue_is_bounded_in_lines_but_always_takes_one_request():
     decoder = HeldDecoder()
     batcher = Batcher(decoder, max_batch=8, max_wait=0, max_queue=3)

@@ -6,9 +6,13 @@ lines, and decodes them as one call. Search results never depend on the batch, s
 output is the same whether it was decoded alone or with others.
 
 Gathering: when the decoder is free and the oldest request's group is not full, it waits until
-``max_wait`` seconds after that request arrived (so under load, when requests have already
-waited through a decode, nothing more is waited). Traffic with one client at a time does not
-wait at all: the window opens only while recent decodes served more than one request.
+``max_wait`` seconds after that request arrived or after the decoder became free, whichever is
+later, or until the requests it expects have come: those queued when the last decode ended
+plus one for each request that decode answered (a client that got its answer sends its next
+request). Counting from the decoder's release matters under load: without it, the clients
+answered by one decode and those that waited through it would take turns, each half decoded
+at half the batch. Traffic with one client at a time does not wait at all: the window opens
+only while recent decodes served more than one request.
 
 The queue is bounded in lines: a request that would overflow it is refused at once
 (``QueueFull``) unless the queue is empty, so a single request of up to the per-request limit
@@ -60,6 +64,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._busy = False
+        self._free_since = time.monotonic()  # when the last decode ended
+        self._expected = 1  # requests to wait for: queued then + answered by it
         self._recent = 1.0  # moving average of requests per decode: opens the gather window
         self._seconds_per_line = 0.002  # moving average, for Retry-After
         self.requests_per_decode: Counter[int] = Counter()
@@ -134,8 +140,9 @@ class Batcher:
                     return None
                 self._cond.wait()
             if self._recent > 1.2:  # concurrent traffic: give the oldest group time to fill up
-                deadline = self._pending[0].arrived + self.max_wait
-                while not self._closing and self._group_lines(self._pending[0].group) < self.max_batch:
+                deadline = max(self._pending[0].arrived, self._free_since) + self.max_wait
+                while (not self._closing and len(self._pending) < self._expected
+                       and self._group_lines(self._pending[0].group) < self.max_batch):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -170,8 +177,10 @@ class Batcher:
             results: list[Any] = self.decode(batch)
         except Exception as exc:  # noqa: BLE001 - the requests get the error, the server lives on
             results = [exc] * len(batch)
-        spent = time.monotonic() - started
+        ended = time.monotonic()
+        spent = ended - started
         with self._cond:
+            self._free_since, self._expected = ended, len(self._pending) + len(batch)
             self.requests_per_decode[len(batch)] += 1
             self._recent = 0.8 * self._recent + 0.2 * len(batch)
             self._seconds_per_line = 0.9 * self._seconds_per_line + 0.1 * spent / max(lines, 1)

@@ -126,9 +126,9 @@ GPU_OUT ?= $(WORK)/gpu-check
 gpu-check:
 	OUT=$(GPU_OUT) bash benchmarks/gpu_check.sh $(or $(DATA),../shared/data/fra-eng.zip)
 
-bench-scale: install  # corpora of 1M, 4M, 16M pairs (SIZES=20k,50k STEPS=20: a quick check); about 20 GB of disk
+bench-scale: install  # corpora of 1M, 4M, 16M pairs, 3 training runs each (SIZES=20k,50k STEPS=20 TRAIN_RUNS=1: a quick check); about 20 GB of disk
 	$(BIN)/python benchmarks/scale.py $(if $(DATA),--data $(DATA)) --work $(BENCH)/scale $(if $(SIZES),--sizes $(SIZES)) \
-	  $(if $(STEPS),--steps $(STEPS)) $(if $(PREPROCESS_ARGS),--preprocess-args="$(PREPROCESS_ARGS)")
+	  $(if $(STEPS),--steps $(STEPS)) $(if $(TRAIN_RUNS),--train-runs $(TRAIN_RUNS)) $(if $(PREPROCESS_ARGS),--preprocess-args="$(PREPROCESS_ARGS)")
 
 # Domain adaptation: the best recipe for 10 minutes on pairs not mentioning Tom, then 2 minutes of
 # fine-tuning on 3,000 Tom pairs; test BLEU on Tom and general sentences before and after

@@ -11,13 +11,15 @@ They are written as plain TSV once and reused.
 For each size the script runs, each in a child process as a user would:
 
 - ``mtkit preprocess CORPUS --out DATA`` with the default settings (SentencePiece 8k, a sample
-  of at most 2M sentences per side, one worker per core): wall time, pairs per second, the peak
+  of at most 2M sentences and 32 MB per side, one worker per core): wall time, pairs per second, the peak
   resident memory of the whole process tree (workers included: the largest sum of the RSS of the
   process and its descendants, sampled every 50 ms) and the data directory's size on disk;
 - ``mtkit train --recipe RECIPE --data DATA --max-steps 200``: seconds from the command's start
   to its first training step, the peak resident memory (its anonymous part, which does not
   include the memory-mapped data, in brackets) and the target tokens per second of the 200
-  steps (from metrics.jsonl: step time only, start-up and validation excluded).
+  steps (from metrics.jsonl: step time only, start-up and validation excluded). Training runs
+  ``--train-runs`` times per size, in rounds over the sizes so that the machine's drift falls
+  on all of them alike: the table gives the medians and the largest memory.
 
 It prints one Markdown table, and a JSON line per size with the details.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/gru-attention.toml")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--preprocess-args", default="", help="extra options for mtkit preprocess")
+    parser.add_argument("--train-runs", type=int, default=3, help="training runs per size (medians are reported)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [parse_count(s) for s in args.sizes.split(",")]
@@ -154,20 +158,30 @@ def main() -> None:
     for count in sizes:
         corpus = args.work / f"corpus-{count}.tsv"
         generate(pairs, count, corpus)
-        data, run_dir = args.work / f"data-{count}", args.work / f"run-{count}"
+        data = args.work / f"data-{count}"
         prep = run([*mtkit, "preprocess", str(corpus), "--out", str(data), "--force", *args.preprocess_args.split()])
-        train = run([*mtkit, "train", "--recipe", args.recipe, "--data", str(data), "--out", str(run_dir), "--force",
-                     "--max-steps", str(args.steps), "--train.log-every", "1"], watch_for="step 1 ")
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        row = {
+        rows.append({
             "pairs": count, "preprocess_seconds": prep["seconds"], "pairs_per_second": count / prep["seconds"],
             "preprocess_peak_rss": prep["peak_rss"], "preprocess_peak_anon": prep["peak_anon"],
-            "data_dir_bytes": disk_size(data), "corpus_bytes": corpus.stat().st_size,
-            "first_step_seconds": train["seen_at"], "train_peak_rss": train["peak_rss"],
-            "train_peak_anon": train["peak_anon"], "target_tokens_per_second": metrics[-1]["tokens_per_second"],
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+            "data_dir_bytes": disk_size(data), "corpus_bytes": corpus.stat().st_size, "train_runs": [],
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for _ in range(args.train_runs):
+        for row in rows:
+            data, run_dir = args.work / f"data-{row['pairs']}", args.work / f"run-{row['pairs']}"
+            train = run([*mtkit, "train", "--recipe", args.recipe, "--data", str(data), "--out", str(run_dir), "--force",
+                         "--max-steps", str(args.steps), "--train.log-every", "1"], watch_for="step 1 ")
+            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            train["target_tokens_per_second"] = metrics[-1]["tokens_per_second"]
+            row["train_runs"].append(train)
+            print(json.dumps({"pairs": row["pairs"], **train}), file=sys.stderr, flush=True)
+    for row in rows:
+        runs = row["train_runs"]
+        row.update(
+            first_step_seconds=statistics.median(r["seen_at"] for r in runs),
+            train_peak_rss=max(r["peak_rss"] for r in runs), train_peak_anon=max(r["peak_anon"] for r in runs),
+            target_tokens_per_second=statistics.median(r["target_tokens_per_second"] for r in runs),
+        )
     print("| pairs | preprocess | pairs/s | preprocess peak RSS | data directory | first step | train peak RSS (anon) | target tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -107,6 +107,7 @@ def preprocess(
     vocab_size: Annotated[Optional[int], _setting("data.vocab_size", "sentencepiece: vocabulary size.")] = None,
     sp_model: Annotated[Optional[str], _setting("data.sp_model", "sentencepiece: unigram or bpe.")] = None,
     spm_sample: Annotated[Optional[int], _setting("data.spm_sample", "sentencepiece: train on a seeded sample of at most N sentences per side.")] = None,
+    spm_sample_mb: Annotated[Optional[int], _setting("data.spm_sample_mb", "sentencepiece: and on at most N MB of text per side (its trainer needs about 21 bytes per character).")] = None,
     joint_vocab: Annotated[Optional[bool], _setting("data.joint_vocab", "One vocabulary for both languages.", "--joint-vocab/--separate-vocab")] = None,
     vocab_with_dev: Annotated[Optional[bool], _setting("data.vocab_with_dev", "Build the vocabularies on train + dev, as the book does.", "--vocab-with-dev/--vocab-train-only")] = None,
     max_examples: Annotated[Optional[int], _setting("data.max_examples", "Use only the first N pairs (the book's knob).", default="all")] = None,
@@ -156,7 +157,7 @@ def _given(values: dict[str, Any], flags: set[str], ctx: typer.Context, section:
 
 _DATA_FLAGS = {
     "src_lang", "tgt_lang", "reverse", "normalize", "tokenizer", "min_freq", "vocab_size",
-    "sp_model", "spm_sample", "joint_vocab", "vocab_with_dev", "max_examples", "max_len", "split",
+    "sp_model", "spm_sample", "spm_sample_mb", "joint_vocab", "vocab_with_dev", "max_examples", "max_len", "split",
     "dev_size", "test_size", "seed",
 }
 _MODEL_FLAGS = {

@@ -47,6 +47,7 @@ class DataConfig:
     vocab_size: int = _range(8000, 8)
     sp_model: str = _choice("unigram", "unigram", "bpe")
     spm_sample: int = _range(2_000_000, 1)  # SentencePiece trains on at most this many sentences per side
+    spm_sample_mb: int = _range(32, 1)  # ... and at most this many MB of text per side: its trainer needs ~21 bytes a character
     joint_vocab: bool = False
     vocab_with_dev: bool = False  # the book builds its vocabularies on train + validation
     max_examples: int | None = _range(None, 1)

@@ -30,7 +30,7 @@ from mtkit.training.loop import StartingWeights, Validation, train
 # have the run's values of all of them.
 VOCAB_SETTINGS = (
     "src_lang", "tgt_lang", "normalize", "tokenizer", "min_freq", "vocab_size", "sp_model", "spm_sample",
-    "joint_vocab", "vocab_with_dev",
+    "spm_sample_mb", "joint_vocab", "vocab_with_dev",
 )
 SIDES = {"src": "source", "tgt": "target"}
 

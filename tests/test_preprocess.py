@@ -125,6 +125,23 @@ def test_any_number_of_workers_gives_a_byte_identical_data_directory(tmp_path, t
         assert manifest["tokenizer_sentences"] == 1500  # the sample, not the 4,920 training pairs
 
 
+def test_the_sentencepiece_sample_is_capped_in_megabytes_with_evenly_spaced_sentences(tmp_path):
+    words = [w for s, _ in make_task("reverse", 200, seed=3) for w in s.split()]
+    pairs = [(f"s{i} " + " ".join(words[i % 150:i % 150 + 80]), " ".join(words[i % 170:i % 170 + 80])) for i in range(4000)]
+    corpus = write_tsv(tmp_path / "long.tsv", pairs)  # about 1.3 MB a side
+    config = DataConfig(vocab_size=300, dev_size=20, test_size=20, spm_sample_mb=1)
+    preprocess(config, tmp_path / "data", [corpus], options=RunOptions(workers=1, progress=False))
+    kept = json.loads((tmp_path / "data" / "manifest.json").read_text())["tokenizer_sentences"]
+    largest = max((tmp_path / "data" / f"train.{lang}").stat().st_size for lang in ("en", "fr"))  # = the sample's text
+    assert largest > 2**20 and kept == 3960 * 2**20 // largest
+
+    lines = [f"line {i} " + " ".join(words[i % 97:i % 97 + 8]) for i in range(90)]
+    (tmp_path / "sample.txt").write_text("".join(line + "\n" for line in lines))
+    spaced = SentencePieceTokenizer.train_file(tmp_path / "sample.txt", 320, keep=(30, 90))
+    assert spaced.model_proto == SentencePieceTokenizer.train(lines[2::3], 320).model_proto
+    assert spaced.model_proto != SentencePieceTokenizer.train(lines[:30], 320).model_proto
+
+
 def test_compressed_and_several_corpora_add_up(tmp_path):
     pairs = make_task("copy", 4000, seed=5)
     parts = [pairs[:1000], pairs[1000:2000], pairs[2000:3000], pairs[3000:]]

@@ -334,12 +334,18 @@ class _Build:
                 return joint, joint
             return WordTokenizer.from_counts(src_counts, config.min_freq), WordTokenizer.from_counts(tgt_counts, config.min_freq)
         src_file, tgt_file = material["files"]
+        # The trainer's memory grows with the text (~21 bytes a character): past --spm-sample-mb
+        # per side, the same evenly spaced sentences are taken on both sides.
+        sample, largest = material["sentences"], max(src_file.stat().st_size, tgt_file.stat().st_size)
+        material["sentences"] = min(sample, max(1, sample * config.spm_sample_mb * 2**20 // max(1, largest)))
+        sides = 2 if config.joint_vocab else 1
+        keep = (material["sentences"] * sides, sample * sides)
         if config.joint_vocab:
             with open(src_file, "ab") as out, open(tgt_file, "rb") as handle:
                 shutil.copyfileobj(handle, out)
-            joint = SentencePieceTokenizer.train_file(src_file, config.vocab_size, config.sp_model)
+            joint = SentencePieceTokenizer.train_file(src_file, config.vocab_size, config.sp_model, keep)
             return joint, joint
-        return tuple(SentencePieceTokenizer.train_file(f, config.vocab_size, config.sp_model) for f in (src_file, tgt_file))
+        return tuple(SentencePieceTokenizer.train_file(f, config.vocab_size, config.sp_model, keep) for f in (src_file, tgt_file))
 
     def save_tokenizers(self, tokenizers: tuple) -> dict[str, dict]:
         info = {}

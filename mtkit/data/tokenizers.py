@@ -100,16 +100,22 @@ class SentencePieceTokenizer:
         return cls._train(vocab_size, model_type, sentence_iterator=iter(sentences))
 
     @classmethod
-    def train_file(cls, path: str | Path, vocab_size: int, model_type: str = "unigram") -> SentencePieceTokenizer:
-        """Train on the lines of a file (a sample written by ``preprocess``)."""
+    def train_file(
+        cls, path: str | Path, vocab_size: int, model_type: str = "unigram", keep: tuple[int, int] | None = None
+    ) -> SentencePieceTokenizer:
+        """Train on the lines of a file (a sample written by ``preprocess``); with ``keep=(k, n)``,
+        on ``k`` of its ``n`` lines, evenly spaced."""
         size = Path(path).stat().st_size
         if not size:
             raise DataError("no text to train a SentencePiece model on")
+        kept, lines_in_file = keep or (1, 1)
         with open(path, encoding="utf-8") as handle:
             # An iterator, not input=path: the model would record the path. Over 2^31
             # characters the unigram trainer needs 64-bit suffix-array indices.
-            lines = (line.rstrip("\n") for line in handle)
-            return cls._train(vocab_size, model_type, sentence_iterator=lines, train_extremely_large_corpus=size >= 1 << 31)
+            lines = (line.rstrip("\n") for i, line in enumerate(handle)
+                     if (i + 1) * kept // lines_in_file > i * kept // lines_in_file)
+            large = size * kept // lines_in_file >= 1 << 31
+            return cls._train(vocab_size, model_type, sentence_iterator=lines, train_extremely_large_corpus=large)
 
     @classmethod
     def _train(cls, vocab_size: int, model_type: str, **inputs) -> SentencePieceTokenizer:

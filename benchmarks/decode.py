@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import mtkit  # noqa: F401  first: it sets MKL_CBWR before torch starts, as in the CLI
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="default: mtkit's (512/beam)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences (a quick check)")
+    parser.add_argument("--profile", action="store_true", help="also print, on stderr, the operators that take a bf16 greedy pass's time")
     args = parser.parse_args()
     evalset = DataDir(args.data).eval_set(args.split)
     sources, references = evalset.sources[: args.limit], evalset.references[: args.limit]
@@ -80,6 +82,18 @@ def main() -> None:
                 f"{tokens / seconds:,.0f} | {scores.bleu:.1f} | {scores.bleu - fp32_bleu:+.2f} | {scores.chrf:.1f} |",
                 flush=True,
             )
+    if args.profile:
+        profile_greedy(translators["bf16", "none", 0], sources, args.batch_size)
+
+
+def profile_greedy(translator: Translator, sources: list[str], batch_size: int | None) -> None:
+    """The operators of one greedy pass (one batch at a time, the ops split across the cores)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    translator.workers = 1
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        translator.nbest(sources, SearchOptions(beam=1), batch_size)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 
 
 if __name__ == "__main__":

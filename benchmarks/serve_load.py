@@ -6,8 +6,9 @@ Every client keeps one connection open and sends one test sentence per request, 
 each answer before the next (closed loop). It prints sentences/s, p50/p95/p99 latency and the
 mean number of requests each decode served, next to the offline throughput of the same model on
 the same sentences (`Translator.translate`, what `mtkit translate` runs, after loading; median
-of --repeats runs), in its default batches and in batches of the server's --max-batch. Every answer is checked against the offline translation of its sentence:
-any difference or failed request makes the script exit with status 1.
+of --repeats runs), in its default batches and in batches of the server's --max-batch. Every
+answer is checked against the offline translation of its sentence: any difference or failed
+request makes the script exit with status 1.
 
     python benchmarks/serve_load.py --model RUN_DIR --data DATA_DIR [--seconds 30]
 """

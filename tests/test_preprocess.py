@@ -129,8 +129,8 @@ def test_the_sentencepiece_sample_is_capped_in_megabytes_with_evenly_spaced_sent
     words = [w for s, _ in make_task("reverse", 200, seed=3) for w in s.split()]
     pairs = [(f"s{i} " + " ".join(words[i % 150:i % 150 + 80]), " ".join(words[i % 170:i % 170 + 80])) for i in range(4000)]
     corpus = write_tsv(tmp_path / "long.tsv", pairs)  # about 1.3 MB a side
-    config = DataConfig(vocab_size=300, dev_size=20, test_size=20, spm_sample_mb=1)
-    preprocess(config, tmp_path / "data", [corpus], options=RunOptions(workers=1, progress=False))
+    run_cli("preprocess", corpus, "--out", tmp_path / "data", "--vocab-size", 300, "--dev-size", 20,
+            "--test-size", 20, "--spm-sample-mb", 1, "--workers", 1)
     kept = json.loads((tmp_path / "data" / "manifest.json").read_text())["tokenizer_sentences"]
     largest = max((tmp_path / "data" / f"train.{lang}").stat().st_size for lang in ("en", "fr"))  # = the sample's text
     assert largest > 2**20 and kept == 3960 * 2**20 // largest
